@@ -1,0 +1,296 @@
+"""The ``gankd`` command line. Each subcommand is a thin shell around the Python API.
+
+Errors a user can fix (:class:`~gankd.errors.GankdError`) print one line and exit 1; usage
+errors exit 2 (argparse); an interrupted run exits 130 after saving its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from gankd.config import LOSSES, MSE_REDUCTIONS, PRECISIONS, RunConfig
+from gankd.errors import GankdError
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float | None = None, open_low: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < low or (open_low and value == low) or (high is not None and value > high):
+            bounds = f"{'(' if open_low else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
+            raise argparse.ArgumentTypeError(f"must be in {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+# Options shared by `train` and `distill`: (flag, RunConfig field, argparse kwargs, help).
+RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
+    ("out", {}, "run folder: config.json, metrics.csv, samples/, checkpoints/, generator.safetensors"),
+    ("dataset", {"choices": ("mnist", "cifar10", "celeba", "folder")}, "training data format"),
+    ("data", {}, "dataset root folder (default for mnist: the MNIST shipped in data/mnist)"),
+    ("image_size", {"type": int, "choices": (32, 64, 128)}, "image size S (default: the teacher's, else 32)"),
+    ("channels", {"type": int, "choices": (1, 3)}, "image channels (default: the teacher's, else the data's)"),
+    ("depth", {"type": _int_at_least(1)}, "generator depth d (channels of the last hidden layer)"),
+    ("critic_depth", {"type": _int_at_least(1)}, "critic depth (default: the generator's depth)"),
+    ("latent_dim", {"type": _int_at_least(1)}, "latent size (default: the teacher's, else 100)"),
+    ("loss", {"choices": LOSSES}, "adversarial loss: wgan-gp (lambda 10, 5 critic steps, Adam 1e-4 (0.5, 0.9)) "
+                                  "or dcgan (non-saturating, 1 critic step, Adam 2e-4 (0.5, 0.999))"),
+    ("gp_lambda", {"type": _float_in(0)}, "WGAN-GP gradient-penalty weight"),
+    ("steps", {"type": _int_at_least(0)}, "total generator steps"),
+    ("batch_size", {"type": _int_at_least(1)}, "batch size per process"),
+    ("lr", {"type": _float_in(0, open_low=True)}, "Adam learning rate (default: the loss's)"),
+    ("betas", {"type": _float_in(0, 0.999999), "nargs": 2, "metavar": ("B1", "B2")}, "Adam betas (default: the loss's)"),
+    ("critic_steps", {"type": _int_at_least(1)}, "critic steps per generator step (default: the loss's)"),
+    ("seed", {"type": int}, "random seed (weights, latents, data order)"),
+    ("device", {}, "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"),
+    ("log_every", {"type": _int_at_least(1)}, "steps between rows of metrics.csv"),
+    ("sample_every", {"type": _int_at_least(1)}, "steps between sample grids"),
+    ("checkpoint_every", {"type": _int_at_least(1)}, "steps between checkpoints (the most a crash can lose)"),
+    ("divergence_threshold", {"type": _float_in(0, open_low=True)}, "stop when |critic output| exceeds this"),
+    ("precision", {"choices": PRECISIONS}, "fp32, or bf16 autocast (fast on recent GPUs)"),
+    ("channels_last", {"action": "store_const", "const": True}, "channels-last memory format (GPU)"),
+    ("compile", {"action": "store_const", "const": True}, "torch.compile the networks"),
+]
+DISTILL_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
+    ("teacher", {}, "teacher: a gankd checkpoint, or a TorchScript generator file (code you trust) "
+                    "mapping (N, latent) to (N, C, S, S) images in [-1, 1]"),
+    ("method", {"choices": ("mse", "joint")}, "mse: (pixel) MSE to the teacher, no data; joint: (1 - alpha) MSE + alpha adversarial"),
+    ("alpha", {"type": _float_in(0, 1)}, "joint: weight of the adversarial term, in [0, 1]; 0 is pure MSE"),
+    ("mse_reduction", {"choices": MSE_REDUCTIONS}, "sum: squared L2 norm over pixels as in the paper (default); mean: per pixel"),
+]
+
+
+def _add_run_options(parser: argparse.ArgumentParser, options: list[tuple[str, dict[str, Any], str]]) -> None:
+    defaults = {f.name: f.default for f in fields(RunConfig)}
+    for name, kwargs, text in options:
+        default = defaults[name]
+        shown = "" if default is None or isinstance(default, bool) else f" (default: {default})"
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=text + shown, **kwargs)
+
+
+def _run_parser(sub: argparse._SubParsersAction, name: str, text: str, distill: bool) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=text, description=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", type=Path, help="JSON file of run options (keys as in config.json); flags override it")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    if distill:
+        _add_run_options(parser, DISTILL_OPTIONS)
+    _add_run_options(parser, RUN_OPTIONS)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, method: str | None) -> tuple[RunConfig, bool]:
+    """Build the run config: saved config (resume) or --config file, then flags on top."""
+    names = {f.name for f in fields(RunConfig)}
+    flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if method is not None:
+        flags.setdefault("method", method)
+    if args.resume:
+        if "out" not in flags:
+            raise GankdError("--resume needs --out, the run folder to continue")
+        saved_path = Path(flags["out"]) / "config.json"
+        if saved_path.exists():
+            saved = RunConfig.load(saved_path)
+            changed = {k: v for k, v in flags.items()
+                       if k not in ("out", "steps", "device") and getattr(saved, k) != (tuple(v) if k == "betas" else v)}
+            if changed:
+                raise GankdError(f"--resume continues the saved run; these options differ from {saved_path}: {sorted(changed)}")
+            data = saved.to_dict()
+            data.update({k: flags[k] for k in ("steps", "device") if k in flags})
+            return RunConfig.from_dict(data, str(saved_path)), True
+    base = RunConfig.load(args.config).to_dict() if args.config else {}
+    base.update(flags)
+    return RunConfig.from_dict(base, str(args.config or "options")), args.resume
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from gankd.training import train
+
+    cfg, resume = config_from_args(args, "gan")
+    if cfg.method != "gan":
+        raise GankdError("gankd train trains a GAN from scratch; use gankd distill for students")
+    run_dir = train(cfg, resume=resume)
+    print(f"done: {run_dir}/generator.safetensors, samples in {run_dir}/samples.png")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from gankd.training import train
+
+    cfg, resume = config_from_args(args, "mse")
+    if cfg.method == "gan":
+        raise GankdError("gankd distill needs --method mse or joint")
+    run_dir = train(cfg, resume=resume)
+    print(f"done: {run_dir}/generator.safetensors, teacher vs student in {run_dir}/samples.png")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from gankd.checkpoint import load_generator
+    from gankd.imaging import save_grid
+    from gankd.training import images_from, resolve_device
+
+    device = resolve_device(args.device)
+    generator, meta = load_generator(args.checkpoint, device)
+    images = images_from(generator, args.n, meta["arch"]["latent_dim"], args.seed, device)
+    save_grid(images, args.out, scale=max(1, 64 // meta["arch"]["image_size"]))
+    print(f"wrote {args.n} samples (seed {args.seed}) to {args.out}")
+    return 0
+
+
+def describe_checkpoint(path: str) -> dict[str, Any]:
+    """What `gankd info` prints: architecture, size, cost and compression against the teacher."""
+    from gankd.checkpoint import load_generator
+    from gankd.models import multiply_adds
+
+    generator, meta = load_generator(path)
+    arch = meta["arch"]
+    info = {
+        "file": path,
+        "file_bytes": Path(path).stat().st_size,
+        "method": meta.get("method", "torchscript"),
+        "architecture": arch,
+        "parameters": meta["parameters"],
+        "multiply_adds_per_image": multiply_adds(generator, (arch["latent_dim"],)),
+        "step": meta.get("step"),
+        "loss": meta.get("loss"),
+        "dataset": meta.get("dataset"),
+    }
+    teacher = meta.get("teacher")
+    if teacher:
+        info["teacher"] = teacher["path"]
+        info["teacher_parameters"] = teacher["parameters"]
+        info["compression_ratio"] = f"{round(teacher['parameters'] / meta['parameters'])}:1"
+    return info
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = describe_checkpoint(args.checkpoint)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = f"{value:,}"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        print(f"{key.replace('_', ' '):<{width}}  {value}")
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from gankd.models import generator_parameters
+
+    print(generator_parameters(args.depth, args.image_size, args.channels, args.latent_dim))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gankd.demo import run_demo
+
+    run_demo(Path(args.out), device=args.device, teacher_steps=args.teacher_steps, student_steps=args.student_steps)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from gankd.experiments.sweep import run_sweep
+
+    jobs = run_sweep(args.config, args.out, parallel=args.jobs)
+    failed = [j for j in jobs if j.status != "done"]
+    print(f"report: {args.out / 'report.md'} ({len(jobs) - len(failed)} of {len(jobs)} runs finished)")
+    for job in failed:
+        print(f"  {job.name}: {job.status}: {job.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from gankd.metrics.evaluate import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gankd", description="Compress GAN generators by knowledge distillation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _run_parser(sub, "train", "train a GAN from scratch (a teacher, or a regular baseline of a student's size)", distill=False).set_defaults(func=cmd_train)
+    _run_parser(sub, "distill", "distill a small student generator from a teacher", distill=True).set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("sample", help="write a PNG grid of samples from a generator")
+    p.add_argument("checkpoint", help="gankd checkpoint or TorchScript generator")
+    p.add_argument("--n", type=_int_at_least(1), default=64, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="latent seed: same seed, same images")
+    p.add_argument("--out", type=Path, default=Path("grid.png"), help="output PNG")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("info", help="architecture, parameters, cost and compression ratio of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("params", help="parameter count of a generator")
+    p.add_argument("--depth", type=_int_at_least(1), required=True, help="generator depth d")
+    p.add_argument("--image-size", type=int, choices=(32, 64, 128), default=64, help="image size S")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=1, help="image channels")
+    p.add_argument("--latent-dim", type=_int_at_least(1), default=100, help="latent size")
+    p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("demo", help="the embedded example: train a small MNIST teacher, distill a d=4 student, compare")
+    p.add_argument("--out", default="runs/demo", help="output folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--teacher-steps", type=_int_at_least(1), default=None, help="teacher training steps")
+    p.add_argument("--student-steps", type=_int_at_least(1), default=None, help="student distillation steps")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sweep", help="reproduce Table 1 for one dataset: teacher, MSE/joint students, regular GANs, metrics, report")
+    p.add_argument("config", type=Path, help="sweep config (JSON), e.g. configs/mnist-cpu.json")
+    p.add_argument("--out", type=Path, required=True, help="output folder (runs/, results.csv, report.md, ...)")
+    p.add_argument("--jobs", type=_int_at_least(1), default=1, help="independent runs trained in parallel processes")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("evaluate", help="quality and cost metrics of a generator (IS, FID, KID, fidelity, cost)")
+    from gankd.metrics.evaluate import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GankdError as exc:
+        from gankd.training import RunInterrupted
+
+        print(f"gankd: error: {exc}", file=sys.stderr)
+        return 130 if isinstance(exc, RunInterrupted) else 1
+    except KeyboardInterrupt:
+        print("gankd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

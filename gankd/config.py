@@ -1,0 +1,154 @@
+"""Run configuration: plain data with every default in one place.
+
+A run (``gankd train`` or ``gankd distill``) is fully described by one :class:`RunConfig`, which
+is written to ``<run>/config.json`` and into every checkpoint. Options left at ``None`` are
+filled from :data:`OPTIMIZER_DEFAULTS` for the chosen loss, so the paper's settings are the
+defaults while every one stays overridable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from gankd.errors import GankdError
+
+LOSSES = ("wgan-gp", "dcgan")
+METHODS = ("gan", "mse", "joint")  # gan: from scratch (teacher or regular baseline)
+MSE_REDUCTIONS = ("sum", "mean")
+PRECISIONS = ("fp32", "bf16")
+
+# Per-objective optimiser settings. wgan-gp: Gulrajani et al. (2017), as the paper's W-DCGAN
+# teachers; dcgan: Radford et al. (2016); mse: a pure regression, which tolerates a larger step.
+OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "wgan-gp": {"lr": 1e-4, "betas": (0.5, 0.9), "critic_steps": 5},
+    "dcgan": {"lr": 2e-4, "betas": (0.5, 0.999), "critic_steps": 1},
+    "mse": {"lr": 1e-3, "betas": (0.5, 0.999), "critic_steps": 0},
+}
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/default"
+    method: str = "gan"
+    # data (needed by gan and joint; mse distillation uses no training data)
+    dataset: str = "mnist"
+    data: str | None = None  # dataset root; None = the vendored MNIST for "mnist"
+    image_size: int | None = None  # None = the teacher's (distillation), else 32
+    channels: int | None = None  # None = the teacher's, else the dataset's own
+    # networks
+    depth: int = 64
+    critic_depth: int | None = None  # None = same as depth
+    latent_dim: int | None = None  # None = the teacher's (distillation), else 100
+    # objective
+    loss: str = "wgan-gp"  # adversarial loss of gan and joint
+    gp_lambda: float = 10.0
+    teacher: str | None = None  # gankd checkpoint or TorchScript file (distillation)
+    alpha: float = 0.0  # joint: (1 - alpha) * MSE + alpha * adversarial
+    mse_reduction: str = "sum"  # paper: squared L2 norm = sum over pixels, mean over the batch
+    # optimisation (None = OPTIMIZER_DEFAULTS of the objective)
+    steps: int = 2000
+    batch_size: int = 64  # per process
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    critic_steps: int | None = None
+    # bookkeeping
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    divergence_threshold: float = 1e6  # |critic output| above this stops the run
+    # speed options (CUDA mostly)
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.betas is not None:
+            self.betas = tuple(self.betas)  # type: ignore[assignment]
+        self.validate()
+
+    # -- derived settings ---------------------------------------------------------------
+    @property
+    def adversarial(self) -> bool:
+        """Whether a critic is trained (and therefore real data is needed)."""
+        return self.method == "gan" or (self.method == "joint" and self.alpha > 0)
+
+    @property
+    def optimizer_key(self) -> str:
+        return "mse" if not self.adversarial else self.loss
+
+    def resolved(self, name: str) -> Any:
+        """An optimiser setting: the explicit value, else the default of this objective."""
+        value = getattr(self, name)
+        return OPTIMIZER_DEFAULTS[self.optimizer_key][name] if value is None else value
+
+    # -- validation and (de)serialisation -----------------------------------------------
+    def validate(self) -> None:
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                raise GankdError(message)
+
+        check(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+        check(self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
+        check(self.mse_reduction in MSE_REDUCTIONS, f"mse reduction must be one of {MSE_REDUCTIONS}")
+        check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}")
+        check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        check(self.critic_depth is None or self.critic_depth >= 1, f"critic depth must be >= 1, got {self.critic_depth}")
+        check(self.image_size in (None, 32, 64, 128), f"image size must be 32, 64 or 128, got {self.image_size}")
+        check(self.channels in (None, 1, 3), f"channels must be 1 or 3, got {self.channels}")
+        check(self.latent_dim is None or self.latent_dim >= 1, f"latent size must be >= 1, got {self.latent_dim}")
+        check(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
+        check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
+        check(self.gp_lambda >= 0, f"gp lambda must be >= 0, got {self.gp_lambda}")
+        check(self.lr is None or self.lr > 0, f"learning rate must be > 0, got {self.lr}")
+        check(self.critic_steps is None or self.critic_steps >= 1, f"critic steps must be >= 1, got {self.critic_steps}")
+        check(self.betas is None or (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
+              f"betas must be two numbers in [0, 1), got {self.betas}")
+        for name in ("log_every", "sample_every", "checkpoint_every"):
+            check(getattr(self, name) >= 1, f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
+        check(self.divergence_threshold > 0, "divergence threshold must be > 0")
+        if self.method in ("mse", "joint"):
+            check(self.teacher is not None, f"method {self.method!r} needs a teacher (--teacher CKPT)")
+        if self.method == "gan":
+            check(self.teacher is None, "a teacher is only used by distillation (method mse or joint)")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["betas"] = list(self.betas) if self.betas is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            hints = [f"{k!r} (did you mean {_closest(k, known)!r}?)" if _closest(k, known) else repr(k) for k in unknown]
+            raise GankdError(f"{source}: unknown key(s) {', '.join(hints)}")
+        return cls(**data)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "RunConfig":
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise GankdError(f"{path}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise GankdError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise GankdError(f"{path}: expected a JSON object")
+        return cls.from_dict(data, source=str(path))
+
+
+def _closest(name: str, candidates: set[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
+    return match[0] if match else None

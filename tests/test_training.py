@@ -1,0 +1,155 @@
+"""Training, distillation and resumption on real MNIST (small networks, few steps)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_gankd
+from gankd.checkpoint import load_generator, read_checkpoint
+from gankd.config import RunConfig
+from gankd.errors import GankdError
+from gankd.metrics.fidelity import teacher_fidelity
+from gankd.models import Architecture, Generator
+from gankd.training import RunDiverged, train
+
+
+def rows(run: Path) -> list[dict]:
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_teacher_run_folder(mnist_teacher: Path) -> None:
+    run = mnist_teacher.parent
+    _, meta = load_generator(mnist_teacher)
+    assert meta["step"] == 200 and meta["loss"] == "dcgan" and meta["dataset"]["kind"] == "mnist"
+    assert meta["arch"] == {"depth": 16, "image_size": 32, "channels": 1, "latent_dim": 100}
+    assert RunConfig.load(run / "config.json").depth == 16
+    assert [int(r["step"]) for r in rows(run)] == [50, 100, 150, 200]
+    assert (run / "samples" / "step_0000200.png").exists() and (run / "samples.png").exists()
+    tensors, last = read_checkpoint(run / "checkpoints" / "last.safetensors")
+    assert any(k.startswith("critic.") for k in tensors) and any(k.startswith("opt_d.") for k in tensors)
+
+
+def test_mse_student_learns_the_teacher(mnist_teacher: Path, tmp_path: Path) -> None:
+    cfg = RunConfig(out=str(tmp_path / "s"), method="mse", teacher=str(mnist_teacher), depth=4, steps=300,
+                    log_every=50, checkpoint_every=300, sample_every=300)
+    train(cfg)
+    teacher, _ = load_generator(mnist_teacher)
+    student, meta = load_generator(tmp_path / "s" / "generator.safetensors")
+    assert meta["teacher"]["parameters"] > 5 * meta["parameters"]
+    assert meta["uses_data"] is False and meta["dataset"]["kind"] == "mnist"  # judged against the teacher's data
+    untrained = Generator(Architecture(**meta["arch"])).eval()
+    before = teacher_fidelity(untrained, teacher, n=500)["mse"]
+    after = teacher_fidelity(student, teacher, n=500)["mse"]
+    assert after < 0.4 * before, (before, after)
+    logged = [float(r["mse_pixel"]) for r in rows(tmp_path / "s")]
+    assert logged[-1] < 0.5 * logged[0]
+
+
+@pytest.mark.parametrize("loss", ["wgan-gp", "dcgan"])
+def test_joint_student_and_regular_baseline_run(mnist_teacher: Path, tmp_path: Path, loss: str) -> None:
+    joint = train(RunConfig(out=str(tmp_path / "joint"), method="joint", alpha=0.5, loss=loss, teacher=str(mnist_teacher),
+                            depth=4, steps=6, log_every=3, critic_steps=2))
+    names = rows(joint)[0].keys()
+    assert {"mse_pixel", "g_adv", "d_loss"} <= set(names)
+    _, meta = load_generator(joint / "generator.safetensors")
+    assert meta["dataset"]["kind"] == "mnist" and meta["loss"] == loss
+    regular = train(RunConfig(out=str(tmp_path / "regular"), depth=4, loss=loss, steps=6, log_every=3))
+    assert {"d_loss", "g_adv"} <= set(rows(regular)[0].keys())
+
+
+def test_resume_is_exact(tmp_path: Path) -> None:
+    """Stopping at a checkpoint and resuming gives bit-identical weights to an uninterrupted run."""
+    common = dict(depth=4, loss="wgan-gp", log_every=5, checkpoint_every=10, sample_every=100, critic_steps=2, batch_size=16)
+    train(RunConfig(out=str(tmp_path / "full"), steps=20, **common))
+    train(RunConfig(out=str(tmp_path / "split"), steps=10, **common))
+    train(RunConfig(out=str(tmp_path / "split"), steps=20, **common), resume=True)
+    a, _ = read_checkpoint(tmp_path / "full" / "checkpoints" / "last.safetensors")
+    b, _ = read_checkpoint(tmp_path / "split" / "checkpoints" / "last.safetensors")
+    for name in a:
+        if not name.startswith("rng"):
+            assert torch.equal(a[name], b[name]), name
+    assert [r["step"] for r in rows(tmp_path / "split")] == ["5", "10", "15", "20"]
+    assert [r["d_loss"] for r in rows(tmp_path / "split")] == [r["d_loss"] for r in rows(tmp_path / "full")]
+
+
+def test_same_seed_same_losses_and_samples(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        train(RunConfig(out=str(tmp_path / name), depth=4, loss="dcgan", steps=8, log_every=4, seed=7))
+    assert [r["g_loss"] for r in rows(tmp_path / "a")] == [r["g_loss"] for r in rows(tmp_path / "b")]
+    assert (tmp_path / "a" / "samples.png").read_bytes() == (tmp_path / "b" / "samples.png").read_bytes()
+
+
+def test_sigkill_then_resume(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--depth", "4", "--loss", "dcgan", "--steps", "100000",
+            "--checkpoint-every", "20", "--log-every", "10", "--batch-size", "16"]
+    proc = subprocess.Popen([sys.executable, "-m", "gankd.cli", *args], cwd=ROOT, stderr=subprocess.DEVNULL)
+    last = out / "checkpoints" / "last.safetensors"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (last.exists() and read_checkpoint(last)[1]["step"] >= 40):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = read_checkpoint(last)[1]["step"]
+    assert killed_at >= 40
+    run_gankd("train", "--out", str(out), "--steps", str(killed_at + 20), "--resume")
+    assert read_checkpoint(last)[1]["step"] == killed_at + 20
+    steps = [int(r["step"]) for r in rows(out)]
+    assert steps == list(range(10, killed_at + 21, 10))  # rows after the checkpoint were dropped, none missing
+
+
+def test_sigterm_saves_a_checkpoint_first(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "gankd.cli", "train", "--out", str(out), "--depth", "4", "--loss", "dcgan",
+                             "--steps", "100000", "--checkpoint-every", "100000", "--log-every", "5", "--batch-size", "16"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((out / "metrics.csv").exists() and len(rows(out)) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "stopped by SIGTERM" in stderr and "--resume" in stderr
+    assert read_checkpoint(out / "checkpoints" / "last.safetensors")[1]["step"] >= 10
+
+
+def test_divergence_stops_with_step_and_loss(tmp_path: Path) -> None:
+    with pytest.raises(RunDiverged, match=r"diverged at step \d+: (d_loss|g_loss|g_adv|d_real|d_fake|wasserstein|gp)"):
+        train(RunConfig(out=str(tmp_path / "r"), depth=4, loss="wgan-gp", lr=1e30, steps=40, log_every=5, critic_steps=1))
+
+
+def test_existing_run_needs_resume(tmp_path: Path) -> None:
+    cfg = RunConfig(out=str(tmp_path / "r"), depth=4, loss="dcgan", steps=2, log_every=1)
+    train(cfg)
+    with pytest.raises(GankdError, match="--resume"):
+        train(cfg)
+
+
+def test_teacher_and_data_must_agree(mnist_teacher: Path, tmp_path: Path) -> None:
+    with pytest.raises(GankdError, match="image size"):
+        train(RunConfig(out=str(tmp_path / "r"), method="mse", teacher=str(mnist_teacher), image_size=64, depth=4, steps=1))
+
+
+@pytest.mark.parametrize("command", ["train", "distill"])
+def test_two_process_gloo_torchrun(mnist_teacher: Path, tmp_path: Path, command: str) -> None:
+    out = tmp_path / command
+    extra = ["--teacher", str(mnist_teacher), "--method", "joint", "--alpha", "0.3", "--critic-steps", "1"] if command == "distill" else ["--loss", "dcgan"]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "gankd.cli", command, "--out", str(out), "--depth", "4", "--steps", "6", "--log-every", "3",
+                             "--checkpoint-every", "3", "--batch-size", "8", "--device", "cpu", *extra],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    tensors, meta = read_checkpoint(out / "checkpoints" / "last.safetensors")
+    assert meta["world_size"] == 2 and meta["step"] == 6
+    assert {"rng.noise.0", "rng.noise.1"} <= set(tensors)
+    assert float(rows(out)[0]["images_per_s"]) > 0
