@@ -1,0 +1,1 @@
+"""Experiments: the Table-1 sweep and its report."""
