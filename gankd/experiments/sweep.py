@@ -160,7 +160,7 @@ def train_all(jobs: list[Job], parallel: int) -> None:
 
 def evaluate_all(jobs: list[Job], settings: dict[str, Any], data_root: str | None) -> None:
     """Same metrics, samples and seed for every finished model; cached in <run>/eval.json."""
-    from gankd.metrics.evaluate import evaluate
+    from gankd.metrics.evaluate import evaluate, json_ready
     from gankd.training import resolve_device
 
     device = resolve_device(settings["device"])
@@ -179,7 +179,7 @@ def evaluate_all(jobs: list[Job], settings: dict[str, Any], data_root: str | Non
         generator, meta = load_generator(job.checkpoint, device)
         results = evaluate(generator, meta, metrics, settings["samples"], device, teacher=teacher, teacher_meta=teacher_meta,
                            data_root=data_root, seed=settings["seed"])
-        results = json.loads(json.dumps(results, default=float))
+        results = json_ready(results)
         atomic_write_bytes(cache, (json.dumps({"key": key, "results": results}, indent=2) + "\n").encode())
         job.evaluation = results
 

@@ -10,6 +10,7 @@ features and statistics are computed once per dataset, network and count and cac
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import math
@@ -55,10 +56,13 @@ def reference_features(
     """Features (float32) and their mean and covariance (float64) of ``count`` real images for
     each network ({name: (network id, network)}), read from the cache or computed in one pass.
 
-    Each cache file is ``<dataset name>_<network id>_n<count>.npz`` (the dataset name holds its
-    kind, split and size); ``mu`` and ``sigma`` are stored under pytorch-fid's names.
+    Each cache file is ``<dataset name>-<pixel digest>_<network id>_n<count>.npz`` (the dataset
+    name holds its kind, split and size); ``mu`` and ``sigma`` are stored under pytorch-fid's names.
     """
-    paths = {name: cache_dir / f"{data.name}_{net_id}_n{count}.npz" for name, (net_id, _) in networks.items()}
+    # The key holds a digest of the pixels too: two folders of the same format and split (e.g. a
+    # second MNIST copy with other images) must never share statistics.
+    digest = hashlib.blake2b(data.images.numpy().tobytes(), digest_size=6).hexdigest()
+    paths = {name: cache_dir / f"{data.name}-{digest}_{net_id}_n{count}.npz" for name, (net_id, _) in networks.items()}
     found = {name: stats for name, path in paths.items() if (stats := _read_stats(path, count)) is not None}
     missing = {name: net for name, (_, net) in networks.items() if name not in found}
     if missing:
@@ -149,9 +153,8 @@ def evaluate(
     reference = {name: networks[name] for name in ("digit", "inception") if name in networks}
     data = _reference_data(meta, data_root) if reference else None
     if networks:
-        generated = extract(
-            generator, {name: net for name, (_, net) in networks.items()}, samples, device, seed, desc="generated", latent_dim=arch["latent_dim"]
-        )
+        nets = {name: net for name, (_, net) in networks.items()}
+        generated = extract(generator, nets, samples, device, seed, desc="generated", latent_dim=arch["latent_dim"])
 
     if "is" in metrics:
         mean, std = inception_score(probabilities(generated.pop("logits")), IS_SPLITS)
@@ -189,8 +192,9 @@ def format_table(results: dict[str, Any]) -> str:
     gen, m = results["generator"], results["metrics"]
     arch = gen["arch"]
     depth = f"d={arch['depth']}, " if arch.get("depth") else ""
+    shape = f"{arch['image_size']}x{arch['image_size']}x{arch['channels']}"
     lines = [
-        f"generator   {gen['path'] or '(in memory)'} ({depth}{arch['image_size']}x{arch['image_size']}x{arch['channels']}, {_number(gen['parameters'])} parameters)",
+        f"generator   {gen['path'] or '(in memory)'} ({depth}{shape}, {_number(gen['parameters'])} parameters)",
         f"samples     {_number(results['samples'])} (seed {results['seed']}, {results['device']})",
     ]
     if "reference" in results:
@@ -198,11 +202,13 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"reference   {ref['dataset']}, {_number(ref['images'])} real images")
     rows: list[tuple[str, str]] = []
     if "is" in m:
-        rows.append((f"Inception Score, digit classifier ({m['is']['splits']} splits)", f"{m['is']['mean']:.3f} ± {m['is']['std']:.3f}"))
+        score = m["is"]
+        rows.append((f"Inception Score, digit classifier ({score['splits']} splits)", f"{score['mean']:.3f} ± {score['std']:.3f}"))
     if "fid" in m:
         rows.append(("FID, Inception pool3", _number(m["fid"]["value"], 2)))
     if "kid" in m:
-        rows.append((f"KID x 1000 ({m['kid']['subsets']} subsets of {m['kid']['subset_size']})", f"{1000 * m['kid']['mean']:.2f} ± {1000 * m['kid']['std']:.2f}"))
+        kid = m["kid"]
+        rows.append((f"KID x 1000 ({kid['subsets']} subsets of {kid['subset_size']})", f"{1000 * kid['mean']:.2f} ± {1000 * kid['std']:.2f}"))
     if "cfid" in m:
         rows.append(("classifier FID (digit features)", _number(m["cfid"]["value"], 3)))
     if "fidelity" in m:
@@ -224,14 +230,14 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines + [""] + [f"{name:<{width}}  {value}" for name, value in rows])
 
 
-def _json_ready(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """Strict JSON has no infinity (the PSNR of identical images): write null instead."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     return value
 
 
@@ -256,9 +262,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics",
         type=_metric_list,
+        metavar="LIST",
         help=f"comma-separated, from {','.join(METRICS)} (default: is,cfid for MNIST, fid,kid otherwise; fidelity with --teacher; cost)",
     )
-    parser.add_argument("--samples", type=_samples, default=DEFAULT_SAMPLES, help="generated (and real) images per metric")
+    parser.add_argument("--samples", type=_samples, default=DEFAULT_SAMPLES, metavar="N", help=f"generated (and real) images per metric (default: {DEFAULT_SAMPLES})")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=0, help="latent seed of the generated samples")
@@ -300,5 +307,5 @@ def run(args: argparse.Namespace) -> int:
         results["teacher"] = {"path": teacher_meta.get("path"), "parameters": teacher_meta.get("parameters")}
     print(format_table(results))
     if args.json:
-        atomic_write_bytes(args.json, (json.dumps(_json_ready(results), indent=2) + "\n").encode())
+        atomic_write_bytes(args.json, (json.dumps(json_ready(results), indent=2) + "\n").encode())
     return 0

