@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -117,6 +118,9 @@ def plot_metric(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     if teacher is not None:
         ax.axhline(teacher, color="black", linestyle="--", label="teacher")
     ax.set_xscale("log")
+    ticks = sorted({(r["ratio"], r["depth"]) for r in rows if r["method"] != "teacher" and r.get("ratio")})
+    ax.set_xticks([t for t, _ in ticks], [f"{t:.0f}:1\nd={d}" for t, d in ticks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("compression ratio (teacher / model parameters)")
     ax.set_ylabel(f"{label} ({'higher' if higher else 'lower'} is better)")
     ax.grid(True, which="both", alpha=0.3)
