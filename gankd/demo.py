@@ -1,4 +1,4 @@
-"""The embedded example (`gankd demo`): the whole method on real MNIST in about ten CPU minutes.
+"""The embedded example (`gankd demo`): the whole method on real MNIST in a few CPU minutes.
 
 1. train a small DCGAN teacher (d=32, 32x32, dcgan loss) on the MNIST shipped in data/mnist;
 2. distill a d=4 student from it by pixel MSE (no training data);
@@ -22,11 +22,11 @@ TEACHER_DEPTH, STUDENT_DEPTH = 32, 4
 
 def run_demo(out: Path, device: str = "auto", teacher_steps: int | None = None, student_steps: int | None = None) -> dict:
     teacher_cfg = RunConfig(out=str(out / "teacher"), method="gan", dataset="mnist", image_size=32, depth=TEACHER_DEPTH,
-                            loss="dcgan", steps=teacher_steps or 2500, batch_size=64, device=device,
-                            sample_every=500, checkpoint_every=500)
+                            loss="dcgan", steps=teacher_steps or 8000, batch_size=64, device=device,
+                            sample_every=1000, checkpoint_every=1000)
     student_cfg = RunConfig(out=str(out / "student-mse-d4"), method="mse", teacher=str(out / "teacher" / "generator.safetensors"),
-                            depth=STUDENT_DEPTH, steps=student_steps or 2000, batch_size=64, device=device,
-                            sample_every=500, checkpoint_every=500)
+                            depth=STUDENT_DEPTH, steps=student_steps or 6000, batch_size=64, device=device,
+                            sample_every=1000, checkpoint_every=1000)
     print(f"[1/3] teacher: DCGAN d={TEACHER_DEPTH} on MNIST 32x32, {teacher_cfg.steps} steps -> {teacher_cfg.out}")
     train(teacher_cfg, resume=True)
     print(f"[2/3] student: d={STUDENT_DEPTH} distilled by MSE, {student_cfg.steps} steps -> {student_cfg.out}")

@@ -99,3 +99,15 @@ def test_resume_refuses_changed_options(tmp_path: Path) -> None:
     line = one_line_error(run_gankd("train", "--out", out, "--depth", "2", "--steps", "3", check=False))
     assert "--resume" in line
     run_gankd("train", "--out", out, "--steps", "3", "--resume")  # more steps is fine
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    """The README's main job, with few steps: teacher, MSE student, comparison grid, summary."""
+    out = tmp_path / "demo"
+    result = run_gankd("demo", "--out", str(out), "--teacher-steps", "30", "--student-steps", "60", "--device", "cpu")
+    assert "teacher-fidelity MSE" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["teacher_parameters"] == 369_377 and summary["student_parameters"] == 28_253
+    assert summary["fidelity_mse_trained_student"] < summary["fidelity_mse_untrained_student"]
+    with Image.open(out / "teacher_vs_student.png") as image:
+        assert image.format == "PNG" and image.width > 2 * 8 * 64
