@@ -69,7 +69,7 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("checkpoint_every", {"type": _int_at_least(1)}, "steps between checkpoints (the most a crash can lose)"),
     ("divergence_threshold", {"type": _float_in(0, open_low=True)}, "stop when |critic output| exceeds this"),
     ("precision", {"choices": PRECISIONS}, "fp32, or bf16 autocast (fast on recent GPUs)"),
-    ("channels_last", {"action": "store_const", "const": True}, "channels-last memory format (GPU)"),
+    ("channels_last", {"action": "store_const", "const": True}, "channels-last memory format on CUDA (always used on the CPU)"),
     ("compile", {"action": "store_const", "const": True}, "torch.compile the networks"),
 ]
 DISTILL_OPTIONS: list[tuple[str, dict[str, Any], str]] = [

@@ -61,7 +61,7 @@ class RunConfig:
     sample_every: int = 500
     checkpoint_every: int = 500
     divergence_threshold: float = 1e6  # |critic output| above this stops the run
-    # speed options (CUDA mostly)
+    # speed options (for CUDA; on the CPU channels-last is always used, as oneDNN prefers it)
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False

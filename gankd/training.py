@@ -122,12 +122,15 @@ def critic_loss(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, loss:
     """The critic's objective on one real and one fake batch, and its diagnostics."""
     n = real.shape[0]
     if loss == "wgan-gp":
-        # One forward over [real; fake; interpolates]: the critic has no BatchNorm, so rows are
-        # independent and this equals three separate passes at a third of the launch overhead.
+        # One forward over [real; fake] (the critic has no BatchNorm, so rows are independent and
+        # this equals two passes at half the launch overhead), and one over the interpolates alone:
+        # the gradient penalty differentiates twice through its pass, and a pass shared with the
+        # real and fake rows would carry them, as zeros, through both (about 1.8x the work).
         eps = torch.rand(n, 1, 1, 1, device=real.device, generator=rng, dtype=real.dtype)
         interp = (eps * real + (1 - eps) * fake).requires_grad_(True)
-        scores = critic(torch.cat([real, fake, interp]))
-        d_real, d_fake, d_interp = scores[:n], scores[n : 2 * n], scores[2 * n :]
+        scores = critic(torch.cat([real, fake]))
+        d_real, d_fake = scores[:n], scores[n:]
+        d_interp = critic(interp)
         (grad,) = torch.autograd.grad(d_interp.sum(), interp, create_graph=True)
         gp = (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
         value = d_fake.mean() - d_real.mean() + gp_lambda * gp
@@ -225,10 +228,12 @@ def _train(cfg: RunConfig, resume: bool, rt: Runtime, stop: dict[str, int]) -> P
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     generator = Generator(arch).to(device)
     critic = Critic(critic_arch, batch_norm=cfg.loss == "dcgan").to(device) if cfg.adversarial else None
-    if cfg.channels_last:
-        generator.to(memory_format=torch.channels_last)
-        if critic is not None:
-            critic.to(memory_format=torch.channels_last)
+    # Channels-last is an option on CUDA; on the CPU it is always used: oneDNN's native layout,
+    # it saves the layout conversions around every convolution (about 10% of a training step).
+    memory_format = torch.channels_last if cfg.channels_last or device.type == "cpu" else torch.contiguous_format
+    generator.to(memory_format=memory_format)
+    if critic is not None:
+        critic.to(memory_format=memory_format)
     lr, betas = cfg.resolved("lr"), cfg.resolved("betas")
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
     opt_d = torch.optim.Adam(critic.parameters(), lr=lr, betas=betas) if critic is not None else None
@@ -248,13 +253,14 @@ def _train(cfg: RunConfig, resume: bool, rt: Runtime, stop: dict[str, int]) -> P
         d_train = DistributedDataParallel(critic)
     if cfg.compile:
         g_train = torch.compile(g_train)
-        d_train = torch.compile(d_train) if d_train is not None else None
+        # Not a WGAN-GP critic: its gradient penalty differentiates it twice (create_graph), which
+        # compiled (AOTAutograd) graphs do not support.
+        d_train = torch.compile(d_train) if d_train is not None and cfg.loss != "wgan-gp" else d_train
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     critic_steps = cfg.resolved("critic_steps")
     images = data.images.pin_memory() if data is not None and device.type == "cuda" else (data.images if data else None)
     to_dev = dict(device=device, non_blocking=True)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     def latents(n: int) -> torch.Tensor:
         return torch.randn(n, arch.latent_dim, device=device, generator=noise_rng)

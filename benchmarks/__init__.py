@@ -1,0 +1,1 @@
+"""Benchmarks of gankd against a plain reference implementation: python -m benchmarks.run."""
