@@ -38,6 +38,7 @@ from gankd.config import RunConfig
 from gankd.data import ImageData, load_dataset, to_unit_range
 from gankd.errors import GankdError
 from gankd.imaging import save_comparison, save_grid
+from gankd.metrics.features import sample_latents
 from gankd.models import Architecture, Critic, Generator, count_parameters
 
 SAMPLE_LATENT_SEED = 2_718_281  # fixed latents for the periodic sample grids
@@ -220,8 +221,10 @@ def _train(cfg: RunConfig, resume: bool, rt: Runtime, stop: dict[str, int]) -> P
     device = rt.device
 
     teacher = load_teacher(cfg, device) if cfg.method != "gan" else None
-    data = load_dataset(cfg.dataset, cfg.data, cfg.image_size or (teacher.meta["arch"]["image_size"] if teacher else 32),
-                        "train", cfg.channels or (teacher.meta["arch"]["channels"] if teacher else None)) if cfg.adversarial else None
+    # Data at the run's image size but in its own channels (unless --channels asks otherwise), so
+    # that a teacher and data of different channels are reported, not silently converted.
+    image_size = resolve_shapes(cfg, teacher, None).image_size
+    data = load_dataset(cfg.dataset, cfg.data, image_size, "train", cfg.channels) if cfg.adversarial else None
     cfg = resolve_shapes(cfg, teacher, data)
     arch, critic_arch = architectures(cfg)
 
@@ -492,8 +495,7 @@ def export_generator(path: Path, cfg: RunConfig, step: int, elapsed: float, gene
 
 def images_from(generator: nn.Module, n: int, latent_dim: int, seed: int, device: torch.device, batch_size: int = 256) -> torch.Tensor:
     """n images from seeded latents (same seed, same images), on the CPU."""
-    rng = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, latent_dim, generator=rng)
+    z = sample_latents(n, latent_dim, seed)
     with torch.no_grad():
         return torch.cat([generator(z[i : i + batch_size].to(device)).float().cpu() for i in range(0, n, batch_size)])
 

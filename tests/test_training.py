@@ -140,6 +140,18 @@ def test_teacher_and_data_must_agree(mnist_teacher: Path, tmp_path: Path) -> Non
         train(RunConfig(out=str(tmp_path / "r"), method="mse", teacher=str(mnist_teacher), image_size=64, depth=4, steps=1))
 
 
+def test_teacher_and_data_of_different_channels_are_refused(mnist_teacher: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (40, 40), (50 * i, 0, 200)).save(folder / f"{i}.png")
+    with pytest.raises(GankdError, match="3 channel"):
+        train(RunConfig(out=str(tmp_path / "r"), method="joint", alpha=0.5, teacher=str(mnist_teacher), dataset="folder",
+                        data=str(folder), depth=4, steps=1))
+
+
 @pytest.mark.parametrize("command", ["train", "distill"])
 def test_two_process_gloo_torchrun(mnist_teacher: Path, tmp_path: Path, command: str) -> None:
     out = tmp_path / command
