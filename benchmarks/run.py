@@ -2,6 +2,7 @@
 
     python -m benchmarks.run [--quick] [--json OUT] [--repeats N] [--device cpu|cuda] [--threads N]
                              [--only gan,mse,generation,evaluation,cuda] [--cpu-options]
+                             [--default-malloc]
 
 Paths: (1) a GAN training step, WGAN-GP and non-saturating DCGAN losses; (2) an MSE distillation
 step; (3) generation by students d = 2, 4, 8, 16 and their d = 64 teacher at batch 256, 64x64;
@@ -45,7 +46,7 @@ from gankd import checkpoint as ckpt  # noqa: E402
 from gankd.config import OPTIMIZER_DEFAULTS, RunConfig  # noqa: E402
 from gankd.data import ImageData, load_dataset  # noqa: E402
 from gankd.models import Architecture, Critic, Generator, count_parameters, multiply_adds  # noqa: E402
-from gankd.training import train  # noqa: E402
+from gankd.training import keep_freed_memory, train  # noqa: E402
 
 PATHS = ("gan", "mse", "generation", "evaluation", "cuda")
 STUDENT_DEPTHS = (2, 4, 8, 16)
@@ -523,7 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--only", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
     parser.add_argument("--cpu-options", action="store_true", help="compare the speed options (bf16, channels-last, compile) on the CPU too")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is; by default the process keeps freed memory, as the gankd command does (both sides)")
     args = parser.parse_args(argv)
+    kept = False if args.default_malloc else keep_freed_memory()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine")
@@ -537,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_description(device),
+        "machine": {**machine_description(device), "keep_freed_memory": kept},
         "settings": {**ctx["settings"], "repeats": ctx["repeats"]},
         "rows": [],
     }

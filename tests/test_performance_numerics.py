@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gankd.models import Architecture, Critic, FoldedGenerator, Generator, multiply_adds
+import torch.nn.functional as F
+
+from gankd.models import CPU_CHUNK_ROWS, Architecture, Critic, FoldedGenerator, Generator, _tanh, multiply_adds, subpixel_kernel
 from gankd.training import critic_loss
 
 
@@ -28,7 +30,7 @@ def plain(g: Generator, z: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("depth, size, channels", [(2, 32, 1), (8, 64, 1), (16, 32, 3), (64, 32, 1), (4, 128, 3)])
 def test_folded_batchnorm_gives_the_same_images(depth: int, size: int, channels: int) -> None:
     g = settled(Architecture(depth, size, channels, latent_dim=100), seed=depth)
-    z = torch.randn(16, 100)
+    z = torch.randn(2 * CPU_CHUNK_ROWS + 5, 100)  # two full chunks and a ragged one
     expected = plain(g, z)
     for mode in (torch.no_grad, torch.inference_mode):
         with mode():
@@ -40,12 +42,32 @@ def test_folded_batchnorm_gives_the_same_images(depth: int, size: int, channels:
 
 def test_frozen_teacher_folds_and_still_gives_latent_gradients() -> None:
     g = settled(Architecture(8, 32, 1, latent_dim=16)).requires_grad_(False)
-    z = torch.randn(4, 16, requires_grad=True)
+    n = CPU_CHUNK_ROWS + 3
+    z = torch.randn(n, 16, requires_grad=True)
     g(z).square().sum().backward()
     folded_grad = z.grad.clone()
     z.grad = None
-    g.net(z.view(4, -1, 1, 1)).square().sum().backward()
+    g.net(z.view(n, -1, 1, 1)).square().sum().backward()
     torch.testing.assert_close(folded_grad, z.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("c_in, c_out, size", [(1, 1, 1), (3, 8, 5), (16, 2, 8), (8, 3, 4)])
+def test_subpixel_convolution_equals_the_transposed_convolution(c_in: int, c_out: int, size: int) -> None:
+    torch.manual_seed(c_in * 100 + c_out)
+    x, w, b = torch.randn(4, c_in, size, size), torch.randn(c_in, c_out, 4, 4), torch.randn(c_out)
+    expected = F.conv_transpose2d(x, w, b, stride=2, padding=1)
+    phases = F.conv2d(x, subpixel_kernel(w), b.repeat(4), padding=1)  # (n, 4 c_out, s, s)
+    n = x.shape[0]
+    images = phases.view(n, 2, 2, c_out, size, size).permute(0, 3, 4, 1, 5, 2).reshape(n, c_out, 2 * size, 2 * size)
+    torch.testing.assert_close(images, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sigmoid_tanh_matches_torch_tanh() -> None:
+    x = torch.linspace(-30, 30, 100_001)
+    assert (_tanh(x.clone()) - torch.tanh(x)).abs().max() < 5e-7
+    y = x.clone().requires_grad_(True)
+    _tanh(y).sum().backward()  # the autograd path is exact tanh
+    torch.testing.assert_close(y.grad, 1 - torch.tanh(x) ** 2)
 
 
 def test_eval_mode_with_parameter_gradients_uses_the_plain_network() -> None:
