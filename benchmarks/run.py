@@ -2,7 +2,6 @@
 
     python -m benchmarks.run [--quick] [--json OUT] [--repeats N] [--device cpu|cuda] [--threads N]
                              [--only gan,mse,generation,evaluation,cuda] [--cpu-options]
-                             [--default-malloc]
 
 Paths: (1) a GAN training step, WGAN-GP and non-saturating DCGAN losses; (2) an MSE distillation
 step; (3) generation by students d = 2, 4, 8, 16 and their d = 64 teacher at batch 256, 64x64;
@@ -46,7 +45,7 @@ from gankd import checkpoint as ckpt  # noqa: E402
 from gankd.config import OPTIMIZER_DEFAULTS, RunConfig  # noqa: E402
 from gankd.data import ImageData, load_dataset  # noqa: E402
 from gankd.models import Architecture, Critic, Generator, count_parameters, multiply_adds  # noqa: E402
-from gankd.training import keep_freed_memory, train  # noqa: E402
+from gankd.training import train  # noqa: E402
 
 PATHS = ("gan", "mse", "generation", "evaluation", "cuda")
 STUDENT_DEPTHS = (2, 4, 8, 16)
@@ -225,9 +224,22 @@ def bench_mse(ctx: dict[str, Any]) -> list[dict[str, Any]]:
             "project": project_train(dict(method="mse", teacher=str(teacher_path), depth=student, batch_size=s["batch_size"], steps=steps,
                                           log_every=log_every, device=str(device))),
         }
+        # The ceiling: gankd's frozen-teacher forward alone, as in a step (the same weights).
+        teacher, _ = ckpt.load_generator(teacher_path, device)
+        z = torch.randn(s["batch_size"], arch.latent_dim, device=device)
+
+        def teacher_forward() -> None:
+            with torch.no_grad():
+                teacher(z)
+
+        runs["teacher forward"] = lambda: timed_rate(teacher_forward, s["batch_size"], device, s["gen_seconds"])
         result = alternate(runs, ctx["repeats"], device)
-    return [comparison_row("MSE distillation step", f"student d={student} <- teacher d={TEACHER_DEPTH}, {s['image_size']}x{s['image_size']}x1, "
-                           f"batch {s['batch_size']}", result, "mse")]
+    row = comparison_row("MSE distillation step", f"student d={student} <- teacher d={TEACHER_DEPTH}, {s['image_size']}x{s['image_size']}x1, "
+                         f"batch {s['batch_size']}", result, "mse")
+    ceiling = result["teacher forward"]["images_per_s"] / result["reference"]["images_per_s"]
+    row["setting"] += f" [teacher's forward alone {result['teacher forward']['images_per_s']:,.0f} img/s: at most {ceiling:.2f}x]"
+    row.update(teacher_forward=result["teacher forward"], ceiling=ceiling)
+    return [row]
 
 
 def bench_generation(ctx: dict[str, Any]) -> list[dict[str, Any]]:
@@ -524,10 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--only", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
     parser.add_argument("--cpu-options", action="store_true", help="compare the speed options (bf16, channels-last, compile) on the CPU too")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's malloc as it is; by default the process keeps freed memory, as the gankd command does (both sides)")
     args = parser.parse_args(argv)
-    kept = False if args.default_malloc else keep_freed_memory()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine")
@@ -541,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {**machine_description(device), "keep_freed_memory": kept},
+        "machine": machine_description(device),
         "settings": {**ctx["settings"], "repeats": ctx["repeats"]},
         "rows": [],
     }

@@ -280,9 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from gankd.training import keep_freed_memory
-
-    keep_freed_memory()  # reuse freed activation buffers (about 15% of a CPU training step)
     try:
         return args.func(args)
     except GankdError as exc:

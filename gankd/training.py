@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import ctypes
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -78,26 +76,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GankdError("--device cuda was asked for, but CUDA is not available on this machine")
     return device
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
-
-    PyTorch's CPU tensors come straight from malloc. By default glibc returns large freed blocks
-    to the OS (``mmap``/trim), so every training step page-faults its activation buffers back
-    in: an MSE distillation step (d=8 student, d=64 teacher, batch 64) took 22.8 ms instead of
-    19.4 ms. This is the job the PyTorch CPU tuning guide gives jemalloc or tcmalloc. The cost is
-    that the process keeps its peak heap. Called by the ``gankd`` command, never on import;
-    returns whether it took effect (glibc only).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # musl or another C library
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 @contextlib.contextmanager

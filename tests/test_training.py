@@ -165,30 +165,3 @@ def test_two_process_gloo_torchrun(mnist_teacher: Path, tmp_path: Path, command:
     assert meta["world_size"] == 2 and meta["step"] == 6
     assert {"rng.noise.0", "rng.noise.1"} <= set(tensors)
     assert float(rows(out)[0]["images_per_s"]) > 0
-
-
-FAULT_PROBE = """
-import resource, sys, torch
-from gankd.training import keep_freed_memory
-took = keep_freed_memory() if sys.argv[1] == "keep" else None  # "default": to compare by hand
-def churn():  # three 20 MiB activations, freed, every step
-    x, y, z = (torch.ones(5 << 20) for _ in range(3))
-    del x, y, z
-for _ in range(8):  # settle: glibc grows its heap over the first few rounds
-    churn()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    churn()
-print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
-def test_keep_freed_memory_stops_page_faults_on_reused_buffers() -> None:
-    # glibc's default, with its adaptive thresholds, hands these buffers back to the OS in about
-    # half of all processes here (306,560 faults) and keeps them in the rest, so only the kept
-    # case is asserted.
-    out = subprocess.run([sys.executable, "-c", FAULT_PROBE, "keep"], capture_output=True, text=True, check=True).stdout
-    took, faults = out.split()
-    assert took == "True"
-    assert int(faults) < 500
