@@ -129,11 +129,11 @@ def subpixel_kernel(weight: torch.Tensor) -> torch.Tensor:
     (a + 1 - 2 dy, b + 1 - 2 dx) for dy, dx in {-1, 0, 1}; taps outside 0..3 are zero. Output
     channel (2a + b) C_out + c of the convolution holds phase (a, b) of channel c.
     """
-    taps = torch.tensor([[a + 1 - 2 * (t - 1) for t in range(3)] for a in range(2)])  # (phase, 3x3 row)
+    taps = torch.tensor([[a + 1 - 2 * (t - 1) for t in range(3)] for a in range(2)], device=weight.device)  # (phase, 3x3 row)
     valid = ((taps >= 0) & (taps <= 3)).to(weight.dtype)
-    taps = taps.clamp(0, 3).to(weight.device)
+    taps = taps.clamp(0, 3)
     k = weight[:, :, taps[:, None, :, None], taps[None, :, None, :]]  # (C_in, C_out, a, b, 3, 3)
-    k = k * (valid[:, None, :, None] * valid[None, :, None, :]).to(weight.device)
+    k = k * (valid[:, None, :, None] * valid[None, :, None, :])
     c_in, c_out = weight.shape[:2]
     return k.permute(2, 3, 1, 0, 4, 5).reshape(4 * c_out, c_in, 3, 3)
 
@@ -186,16 +186,19 @@ class FoldedGenerator(nn.Module):
         self.num_layers = len(convs)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        n, a = z.shape[0], self.arch
+        z = z.reshape(z.shape[0], -1)
         if not self.on_cpu:
-            return self._run(z.reshape(n, -1), None)
-        out = torch.empty((n, a.channels, a.image_size, a.image_size), dtype=self.weight0.dtype, device=z.device)
-        chunks = [self._run(part.reshape(part.shape[0], -1), out[i:i + CPU_CHUNK_ROWS])
-                  for i, part in zip(range(0, n, CPU_CHUNK_ROWS), z.split(CPU_CHUNK_ROWS))]
-        return torch.cat(chunks) if z.requires_grad else out  # with autograd on z: the chunks' graphs
+            return self._run(z)
+        if z.requires_grad:  # autograd on z: each chunk keeps its own graph
+            return torch.cat([self._run(part) for part in z.split(CPU_CHUNK_ROWS)])
+        a = self.arch
+        out = torch.empty((z.shape[0], a.channels, a.image_size, a.image_size), dtype=self.weight0.dtype, device=z.device)
+        for start, part in zip(range(0, len(z), CPU_CHUNK_ROWS), z.split(CPU_CHUNK_ROWS)):
+            self._run(part, out[start:start + CPU_CHUNK_ROWS])
+        return out
 
-    def _run(self, z: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-        """Images for latents ``z``, written into ``out`` when given (and autograd allows)."""
+    def _run(self, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Images for latents ``z``; written into ``out`` (a contiguous batch slice) when given."""
         n = z.shape[0]
         x = torch.addmm(self.bias0, z, self.weight0).view(n, -1, 4, 4).relu_()
         if self.channels_last:
@@ -203,22 +206,28 @@ class FoldedGenerator(nn.Module):
         for i in range(1, self.num_layers):
             last = i == self.num_layers - 1
             weight, bias = getattr(self, f"weight{i}"), getattr(self, f"bias{i}")
-            if not self.subpixel[i]:
+            if self.subpixel[i]:
+                y = F.conv2d(x, weight, bias, padding=1)  # channels-last: the four phases of each pixel
+                x = _interleave_phases(_tanh(y) if last else y.relu_(), out if last else None)
+            else:
                 x = F.conv_transpose2d(x, weight, bias, stride=2, padding=1)
                 x = _tanh(x) if last else x.relu_()
-                continue
-            y = F.conv2d(x, weight, bias, padding=1)  # channels-last: the four phases of each pixel
-            y = _tanh(y) if last else y.relu_()
-            _, _, h, w = y.shape
-            c = y.shape[1] // 4
-            phases = y.permute(0, 2, 3, 1).view(n, h, w, 2, 2, c)  # [n, i, j, a, b, c] -> pixel (2i+a, 2j+b)
-            if last and out is not None and not y.requires_grad:
-                out.view(n, c, h, 2, w, 2).copy_(phases.permute(0, 5, 1, 3, 2, 4))
-                return out
-            x = phases.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
-        if out is not None and not x.requires_grad:
-            return out.copy_(x)
-        return x.contiguous()
+        if out is None:
+            return x.contiguous()
+        return x if x is out else out.copy_(x)
+
+
+def _interleave_phases(y: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """Sub-pixel output (n, 4C, h, w), channels-last, channel (2a + b) C + c -> images
+    (n, C, 2h, 2w) with pixel (2i + a, 2j + b) from position (i, j): channels-last, or written
+    straight into the contiguous ``out`` (one copy either way)."""
+    n, c4, h, w = y.shape
+    c = c4 // 4
+    phases = y.permute(0, 2, 3, 1).view(n, h, w, 2, 2, c)  # [n, i, j, a, b, c]
+    if out is not None:
+        out.view(n, c, h, 2, w, 2).copy_(phases.permute(0, 5, 1, 3, 2, 4))
+        return out
+    return phases.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
 class Critic(nn.Module):

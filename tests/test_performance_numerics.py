@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 import torch.nn.functional as F
 
 from gankd.models import CPU_CHUNK_ROWS, Architecture, Critic, FoldedGenerator, Generator, _tanh, multiply_adds, subpixel_kernel
