@@ -13,8 +13,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gankd.config import LOSSES, MSE_REDUCTIONS, PRECISIONS, RunConfig
-from gankd.errors import GankdError
+from gankd.config import BALANCES, LOSSES, MONITORS, MSE_REDUCTIONS, PRECISIONS, RunConfig
+from gankd.errors import GankdError, RunInterrupted
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -44,6 +44,17 @@ def _float_in(low: float, high: float | None = None, open_low: bool = False) -> 
     return parse
 
 
+def _depths(text: str) -> list[int]:
+    """``4`` or a comma-separated list ``2,4,8,16`` (students distilled together)."""
+    parse = _int_at_least(1)
+    depths = [parse(part) for part in text.split(",") if part.strip()]
+    if not depths:
+        raise argparse.ArgumentTypeError("expected a depth or a comma-separated list of depths")
+    if len(set(depths)) != len(depths):
+        raise argparse.ArgumentTypeError(f"depths repeat: {text}")
+    return depths
+
+
 # Options shared by `train` and `distill`: (flag, RunConfig field, argparse kwargs, help).
 RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("out", {}, "run folder: config.json, metrics.csv, samples/, checkpoints/, generator.safetensors"),
@@ -68,7 +79,13 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("sample_every", {"type": _int_at_least(1)}, "steps between sample grids"),
     ("checkpoint_every", {"type": _int_at_least(1)}, "steps between checkpoints (the most a crash can lose)"),
     ("divergence_threshold", {"type": _float_in(0, open_low=True)}, "stop when |critic output| exceeds this"),
-    ("precision", {"choices": PRECISIONS}, "fp32, or bf16 autocast (fast on recent GPUs)"),
+    ("patience", {"type": _int_at_least(1)}, "stop once this many evaluations in a row bring no gain in the monitor "
+                                             "(--steps is then a cap); default: run all --steps"),
+    ("eval_every", {"type": _int_at_least(1)}, "steps between monitor evaluations (a val_<monitor> column in metrics.csv)"),
+    ("monitor", {"choices": MONITORS}, "what convergence is judged on: fidelity (students: MSE to the teacher on held-out "
+                                       "latents), is (MNIST GANs), none; auto picks"),
+    ("min_delta", {"type": _float_in(0)}, "relative gain in the monitor that counts as progress"),
+    ("precision", {"choices": PRECISIONS}, "fp32, or bf16 autocast (GPUs, and CPUs with AVX512-BF16 or AMX)"),
     ("channels_last", {"action": "store_const", "const": True}, "channels-last memory format on CUDA (always used on the CPU)"),
     ("compile", {"action": "store_const", "const": True}, "torch.compile the networks"),
 ]
@@ -76,26 +93,34 @@ DISTILL_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("teacher", {}, "teacher: a gankd checkpoint, or a TorchScript generator file (code you trust) "
                     "mapping (N, latent) to (N, C, S, S) images in [-1, 1]"),
     ("method", {"choices": ("mse", "joint")}, "mse: (pixel) MSE to the teacher, no data; joint: (1 - alpha) MSE + alpha adversarial"),
-    ("alpha", {"type": _float_in(0, 1)}, "joint: weight of the adversarial term, in [0, 1]; 0 is pure MSE"),
-    ("mse_reduction", {"choices": MSE_REDUCTIONS}, "sum: squared L2 norm over pixels as in the paper (default); mean: per pixel"),
+    ("alpha", {"type": _float_in(0, 1)}, "joint: the adversarial term's weight in [0, 1]; 0 is pure MSE, 1 pure adversarial"),
+    ("balance", {"choices": BALANCES}, "joint: gradient = alpha is the critic's share of the pull on the images "
+                                       "(scale-free); none = the paper's formula, (1 - alpha) MSE + alpha adv"),
+    ("mse_reduction", {"choices": MSE_REDUCTIONS}, "sum: squared L2 norm over pixels, as in the paper; mean: per pixel"),
 ]
 
 
-def _add_run_options(parser: argparse.ArgumentParser, options: list[tuple[str, dict[str, Any], str]]) -> None:
+def _add_run_options(parser: argparse.ArgumentParser, options: list[tuple[str, dict[str, Any], str]],
+                     overrides: dict[str, tuple[dict[str, Any], Any]]) -> None:
+    """One flag per RunConfig field; its default is shown once, from RunConfig (or ``overrides``:
+    field -> (argparse kwargs, shown default))."""
     defaults = {f.name: f.default for f in fields(RunConfig)}
     for name, kwargs, text in options:
-        default = defaults[name]
+        kwargs, default = overrides.get(name, (kwargs, defaults[name]))
         shown = "" if default is None or isinstance(default, bool) else f" (default: {default})"
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=text + shown, **kwargs)
 
 
 def _run_parser(sub: argparse._SubParsersAction, name: str, text: str, distill: bool) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=text, description=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = sub.add_parser(name, help=text, description=text)
     parser.add_argument("--config", type=Path, help="JSON file of run options (keys as in config.json); flags override it")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    overrides: dict[str, tuple[dict[str, Any], Any]] = {}
     if distill:
-        _add_run_options(parser, DISTILL_OPTIONS)
-    _add_run_options(parser, RUN_OPTIONS)
+        _add_run_options(parser, DISTILL_OPTIONS, {"method": ({"choices": ("mse", "joint")}, "mse")})
+        overrides["depth"] = ({"type": _depths, "metavar": "D[,D...]"}, "64; several, comma-separated, train together in one teacher pass")
+        overrides["out"] = ({}, "runs/default; with several depths, each student goes to OUT/d<depth>")
+    _add_run_options(parser, RUN_OPTIONS, overrides)
     return parser
 
 
@@ -135,20 +160,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from gankd.training import train
+    from gankd.training import train_many
 
-    cfg, resume = config_from_args(args, "mse")
-    if cfg.method == "gan":
+    depths = args.depth or [None]
+    if len(depths) > 1 and args.out is None:
+        raise GankdError("several depths need --out, the folder that gets one run folder d<depth> per student")
+    configs = []
+    for depth in depths:
+        one = argparse.Namespace(**{**vars(args), "depth": depth, "out": f"{args.out}/d{depth}" if len(depths) > 1 else args.out})
+        configs.append(config_from_args(one, "mse"))
+    cfgs, resume = [cfg for cfg, _ in configs], configs[0][1]
+    if any(cfg.method == "gan" for cfg in cfgs):
         raise GankdError("gankd distill needs --method mse or joint")
-    run_dir = train(cfg, resume=resume)
-    print(f"done: {run_dir}/generator.safetensors, teacher vs student in {run_dir}/samples.png")
+    for run_dir in train_many(cfgs, resume=resume):
+        print(f"done: {run_dir}/generator.safetensors, teacher vs student in {run_dir}/samples.png")
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from gankd.checkpoint import load_generator
     from gankd.imaging import save_grid
-    from gankd.training import images_from, resolve_device
+    from gankd.runtime import resolve_device
+    from gankd.sampling import images_from
 
     device = resolve_device(args.device)
     generator, meta = load_generator(args.checkpoint, device)
@@ -283,8 +316,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except GankdError as exc:
-        from gankd.training import RunInterrupted
-
         print(f"gankd: error: {exc}", file=sys.stderr)
         return 130 if isinstance(exc, RunInterrupted) else 1
     except KeyboardInterrupt:

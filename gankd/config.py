@@ -19,6 +19,8 @@ LOSSES = ("wgan-gp", "dcgan")
 METHODS = ("gan", "mse", "joint")  # gan: from scratch (teacher or regular baseline)
 MSE_REDUCTIONS = ("sum", "mean")
 PRECISIONS = ("fp32", "bf16")
+BALANCES = ("gradient", "none")  # joint: how the adversarial term is scaled (gankd/losses.py)
+MONITORS = ("auto", "fidelity", "is", "none")  # what a run watches to stop (gankd/convergence.py)
 
 # Per-objective optimiser settings. wgan-gp: Gulrajani et al. (2017), as the paper's W-DCGAN
 # teachers; dcgan: Radford et al. (2016); mse: a pure regression, which tolerates a larger step.
@@ -46,14 +48,20 @@ class RunConfig:
     loss: str = "wgan-gp"  # adversarial loss of gan and joint
     gp_lambda: float = 10.0
     teacher: str | None = None  # gankd checkpoint or TorchScript file (distillation)
-    alpha: float = 0.0  # joint: (1 - alpha) * MSE + alpha * adversarial
+    alpha: float = 0.0  # joint: (1 - alpha) * MSE + alpha * w * adversarial (gankd/losses.py)
+    balance: str = "gradient"  # w: "gradient" (alpha = the critic's share of the pull) or "none" (w = 1, the paper)
     mse_reduction: str = "sum"  # paper: squared L2 norm = sum over pixels, mean over the batch
     # optimisation (None = OPTIMIZER_DEFAULTS of the objective)
-    steps: int = 2000
+    steps: int = 2000  # with patience set, the cap
     batch_size: int = 64  # per process
     lr: float | None = None
     betas: tuple[float, float] | None = None
     critic_steps: int | None = None
+    # convergence (gankd/convergence.py): stop on a plateau of a held-out monitor
+    patience: int | None = None  # evaluations without improvement before stopping; None = run all steps
+    eval_every: int = 500  # steps between monitor evaluations
+    monitor: str = "auto"  # auto, fidelity (students), is (MNIST GANs), none
+    min_delta: float = 0.01  # relative improvement that counts as progress
     # bookkeeping
     seed: int = 0
     device: str = "auto"
@@ -95,6 +103,10 @@ class RunConfig:
         check(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
         check(self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
         check(self.mse_reduction in MSE_REDUCTIONS, f"mse reduction must be one of {MSE_REDUCTIONS}")
+        check(self.balance in BALANCES, f"balance must be one of {BALANCES}, got {self.balance!r}")
+        check(self.monitor in MONITORS, f"monitor must be one of {MONITORS}, got {self.monitor!r}")
+        check(self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+        check(self.min_delta >= 0, f"min delta must be >= 0, got {self.min_delta}")
         check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}")
         check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
         check(self.critic_depth is None or self.critic_depth >= 1, f"critic depth must be >= 1, got {self.critic_depth}")
@@ -109,7 +121,7 @@ class RunConfig:
         check(self.critic_steps is None or self.critic_steps >= 1, f"critic steps must be >= 1, got {self.critic_steps}")
         check(self.betas is None or (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
               f"betas must be two numbers in [0, 1), got {self.betas}")
-        for name in ("log_every", "sample_every", "checkpoint_every"):
+        for name in ("log_every", "sample_every", "checkpoint_every", "eval_every"):
             check(getattr(self, name) >= 1, f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
         check(self.divergence_threshold > 0, "divergence threshold must be > 0")
         if self.method in ("mse", "joint"):

@@ -15,7 +15,9 @@ from gankd.config import RunConfig
 from gankd.imaging import save_comparison
 from gankd.metrics.fidelity import teacher_fidelity
 from gankd.models import Architecture, Generator
-from gankd.training import images_from, resolve_device, train
+from gankd.runtime import resolve_device
+from gankd.sampling import images_from
+from gankd.training import train
 
 TEACHER_DEPTH, STUDENT_DEPTH = 32, 4
 

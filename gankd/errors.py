@@ -1,9 +1,17 @@
-"""One exception type for every problem a user can fix (bad input, bad option, bad file).
+"""The exceptions a user can act on: bad input, bad options, bad files, and how a run ended.
 
-The CLI catches it and prints one line, ``gankd: error: <message>``, and exits non-zero; anything
-else is a bug in gankd and keeps its traceback.
+The CLI catches :class:`GankdError` and prints one line, ``gankd: error: <message>``, and exits
+non-zero (130 for :class:`RunInterrupted`); anything else is a bug in gankd and keeps its traceback.
 """
 
 
 class GankdError(Exception):
     """A user-facing error: the message names the file or option and what is wrong with it."""
+
+
+class RunInterrupted(GankdError):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved first."""
+
+
+class RunDiverged(GankdError):
+    """A loss became NaN/Inf or the critic exploded; the last good checkpoint is kept."""

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from gankd.checkpoint import atomic_write_bytes
+from gankd.files import atomic_write_bytes
 
 
 def grid_array(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:

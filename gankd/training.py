@@ -1,157 +1,52 @@
 """The one training loop: GANs from scratch, MSE distillation and joint distillation.
 
-Every scheme is the same loop with different terms in the generator's objective:
+Every scheme is the same loop with different terms in the generator's objective
+(:mod:`gankd.losses` has them all):
 
-    gan    L_G = adv(D(G(z)))                                    critic trained on real data
-    mse    L_G = ||G_T(z) - G(z)||^2                             no critic, no data
-    joint  L_G = (1 - alpha) * ||G_T(z) - G(z)||^2 + alpha * adv(D(G(z)))
+    gan    L_G = adv(D(G(z)))                                         critic trained on real data
+    mse    L_G = ||G_T(z) - G(z)||^2                                  no critic, no data
+    joint  L_G = (1 - alpha) ||G_T(z) - G(z)||^2 + alpha w adv(D(G(z)))
 
-with ``adv`` the generator side of the adversarial loss (WGAN-GP: -D(x); dcgan: the
-non-saturating -log sigmoid D(x)) and z ~ N(0, I) drawn fresh every step. The critic takes
-``critic_steps`` steps per generator step. The loop runs unchanged on CPU, one GPU, or several
-processes under ``torchrun`` (DistributedDataParallel; gloo on CPU, NCCL on GPU).
+z ~ N(0, I) is drawn fresh every step; the critic takes ``critic_steps`` steps per generator step.
 
-Losses stay on the device as tensors and are read back once per ``log_every`` steps, so the
-hot path has no host synchronisation.
+One run can train several students of one teacher at once (``train_many``: the same options but
+the depth): every step draws one latent batch (and one real batch), runs the teacher once, and
+updates each student with its own optimiser (and critic). All random draws are shared, so each
+student is bit-identical to the one a run of its own would give, and each keeps an ordinary run
+folder (config.json, metrics.csv, checkpoints, generator.safetensors) that can be resumed,
+evaluated or shipped alone. A student that diverges or converges stops alone.
+
+The loop runs unchanged on CPU, one GPU, or several processes under ``torchrun``
+(DistributedDataParallel; gloo on CPU, NCCL on GPU). Losses stay on the device and are read back
+once per ``log_every`` steps, so the hot path has no host synchronisation.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import os
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from gankd import checkpoint as ckpt
 from gankd.config import RunConfig
+from gankd.convergence import Monitor, Plateau, build_monitor, resolve_monitor
 from gankd.data import ImageData, load_dataset, to_unit_range
-from gankd.errors import GankdError
+from gankd.errors import GankdError, RunDiverged, RunInterrupted
 from gankd.imaging import save_comparison, save_grid
-from gankd.metrics.features import sample_latents
+from gankd.losses import GeneratorObjective, critic_loss
 from gankd.models import Architecture, Critic, Generator, count_parameters
+from gankd.runtime import Runtime, check_precision, distributed_runtime, gather_rng, stop_flag, stop_requests
 
 SAMPLE_LATENT_SEED = 2_718_281  # fixed latents for the periodic sample grids
-
-
-class RunInterrupted(GankdError):
-    """SIGINT/SIGTERM arrived; a checkpoint was saved first."""
-
-
-class RunDiverged(GankdError):
-    """A loss became NaN/Inf or the critic exploded; the last good checkpoint is kept."""
-
-
-# --------------------------------------------------------------------------- runtime
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GankdError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GankdError("--device cuda was asked for, but CUDA is not available on this machine")
-    return device
-
-
-@contextlib.contextmanager
-def distributed_runtime(device_name: str) -> Iterator[Runtime]:
-    """Single process, or one process of a ``torchrun`` group (WORLD_SIZE > 1)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        yield Runtime(resolve_device(device_name))
-        return
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield Runtime(device, dist.get_rank(), world_size)
-    finally:
-        dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def stop_requests() -> Iterator[dict[str, int]]:
-    """Turn SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint before exiting."""
-    received: dict[str, int] = {}
-    previous = {}
-
-    def handler(signum: int, _frame: Any) -> None:
-        received["signal"] = signum
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            previous[sig] = signal.signal(sig, handler)
-    try:
-        yield received
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-# --------------------------------------------------------------------------- losses
-
-
-def critic_loss(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, loss: str, gp_lambda: float,
-                rng: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The critic's objective on one real and one fake batch, and its diagnostics."""
-    n = real.shape[0]
-    if loss == "wgan-gp":
-        # One forward over [real; fake] (the critic has no BatchNorm, so rows are independent and
-        # this equals two passes at half the launch overhead), and one over the interpolates alone:
-        # the gradient penalty differentiates twice through its pass, and a pass shared with the
-        # real and fake rows would carry them, as zeros, through both (about 1.8x the work).
-        eps = torch.rand(n, 1, 1, 1, device=real.device, generator=rng, dtype=real.dtype)
-        interp = (eps * real + (1 - eps) * fake).requires_grad_(True)
-        scores = critic(torch.cat([real, fake]))
-        d_real, d_fake = scores[:n], scores[n:]
-        d_interp = critic(interp)
-        (grad,) = torch.autograd.grad(d_interp.sum(), interp, create_graph=True)
-        gp = (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
-        value = d_fake.mean() - d_real.mean() + gp_lambda * gp
-        stats = {"d_loss": value, "wasserstein": d_real.mean() - d_fake.mean(), "gp": gp}
-    else:  # dcgan: separate passes so BatchNorm sees pure real and pure fake batches
-        d_real, d_fake = critic(real), critic(fake)
-        value = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-        stats = {"d_loss": value}
-    stats.update(d_real=d_real.mean(), d_fake=d_fake.mean())
-    return value, {k: v.detach() for k, v in stats.items()}
-
-
-def generator_adversarial_loss(scores: torch.Tensor, loss: str) -> torch.Tensor:
-    return -scores.mean() if loss == "wgan-gp" else F.softplus(-scores).mean()
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, reduction: str) -> torch.Tensor:
-    """||G_T(z) - G_S(z)||^2: summed over pixels (the paper's squared L2 norm) or averaged."""
-    squared = (student.float() - teacher.float()).pow(2)
-    return squared.flatten(1).sum(1).mean() if reduction == "sum" else squared.mean()
+PER_MEMBER = ("out", "depth", "critic_depth")  # what may differ between the students of one run
 
 
 # --------------------------------------------------------------------------- set-up
@@ -165,7 +60,8 @@ class Teacher:
 
 def load_teacher(cfg: RunConfig, device: torch.device) -> Teacher:
     module, meta = ckpt.load_generator(cfg.teacher, device, latent_dim=cfg.latent_dim)
-    module.requires_grad_(False)
+    for p in module.parameters():  # ScriptModules have no requires_grad_()
+        p.requires_grad_(False)
     return Teacher(module.eval(), meta)
 
 
@@ -203,153 +99,283 @@ def architectures(cfg: RunConfig) -> tuple[Architecture, Architecture]:
     return arch, replace(arch, depth=cfg.critic_depth or cfg.depth)
 
 
-# --------------------------------------------------------------------------- the loop
+def objective(cfg: RunConfig) -> GeneratorObjective:
+    return GeneratorObjective(adversarial=cfg.loss if cfg.adversarial else None, distill=cfg.method != "gan",
+                              alpha=cfg.alpha, balance=cfg.balance, mse_reduction=cfg.mse_reduction)
 
 
-def train(cfg: RunConfig, resume: bool = False) -> Path:
-    """Run (or continue) one training run; returns its run folder."""
-    with distributed_runtime(cfg.device) as runtime, stop_requests() as stop:
-        return _train(cfg, resume, runtime, stop)
+def check_same_run(cfgs: list[RunConfig]) -> None:
+    """The students of one run share every option but their depth, critic depth and folder."""
+    first = cfgs[0]
+    for cfg in cfgs[1:]:
+        differ = [f.name for f in fields(RunConfig) if f.name not in PER_MEMBER and getattr(cfg, f.name) != getattr(first, f.name)]
+        if differ:
+            raise GankdError(f"students trained together must share all options but depth; {cfg.out} differs in {differ}")
+    outs = [str(Path(c.out).resolve()) for c in cfgs]
+    if len(set(outs)) != len(outs):
+        raise GankdError("students trained together need a run folder each")
 
 
-def _train(cfg: RunConfig, resume: bool, rt: Runtime, stop: dict[str, int]) -> Path:
-    run_dir = Path(cfg.out)
-    last_path = run_dir / "checkpoints" / "last.safetensors"
-    resuming = resume and last_path.exists()
-    if not resume and last_path.exists():
-        raise GankdError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
-    device = rt.device
+# --------------------------------------------------------------------------- one model of a run
 
-    teacher = load_teacher(cfg, device) if cfg.method != "gan" else None
-    # Data at the run's image size but in its own channels (unless --channels asks otherwise), so
-    # that a teacher and data of different channels are reported, not silently converted.
-    image_size = resolve_shapes(cfg, teacher, None).image_size
-    data = load_dataset(cfg.dataset, cfg.data, image_size, "train", cfg.channels) if cfg.adversarial else None
-    cfg = resolve_shapes(cfg, teacher, data)
+
+@dataclass
+class Member:
+    """One generator being trained (with its critic, optimisers, log and stopping rule)."""
+
+    cfg: RunConfig
+    generator: Generator
+    critic: Critic | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None
+    g_train: nn.Module  # the generator as trained: maybe DDP-wrapped or compiled
+    d_train: nn.Module | None
+    logger: "MetricsLog"
+    plateau: Plateau | None
+    step: int = 0
+    status: str = "active"  # active | waiting (resumed ahead of the others) | done | diverged
+    stop_reason: str = ""
+    error: str = ""
+    history: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    saved_rng: tuple[torch.Tensor, torch.Tensor] | int | None = None  # shared streams' states, or a seed for fresh ones
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.safetensors"
+
+    @property
+    def label(self) -> str:
+        return f"d={self.cfg.depth}"
+
+
+def build_member(cfg: RunConfig, rt: Runtime, memory_format: torch.memory_format, higher_is_better: bool | None) -> Member:
     arch, critic_arch = architectures(cfg)
-
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    device = rt.device
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank, and whichever students run together
     generator = Generator(arch).to(device)
     critic = Critic(critic_arch, batch_norm=cfg.loss == "dcgan").to(device) if cfg.adversarial else None
-    # Channels-last is an option on CUDA; on the CPU it is always used: oneDNN's native layout,
-    # it saves the layout conversions around every convolution (about 10% of a training step).
-    memory_format = torch.channels_last if cfg.channels_last or device.type == "cpu" else torch.contiguous_format
     generator.to(memory_format=memory_format)
     if critic is not None:
         critic.to(memory_format=memory_format)
     lr, betas = cfg.resolved("lr"), cfg.resolved("betas")
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
     opt_d = torch.optim.Adam(critic.parameters(), lr=lr, betas=betas) if critic is not None else None
-    noise_rng = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + 2 * rt.rank + 1)
-    index_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 2 * rt.rank + 2)
-
-    step, elapsed = 0, 0.0
-    if resuming:
-        step, elapsed = restore(last_path, cfg, rt, generator, critic, opt_g, opt_d, noise_rng, index_rng)
-    elif rt.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json")
-
     g_train: nn.Module = DistributedDataParallel(generator) if rt.world_size > 1 else generator
-    d_train: nn.Module | None = critic
-    if critic is not None and rt.world_size > 1:
-        d_train = DistributedDataParallel(critic)
+    d_train: nn.Module | None = DistributedDataParallel(critic) if critic is not None and rt.world_size > 1 else critic
     if cfg.compile:
         g_train = torch.compile(g_train)
         # Not a WGAN-GP critic: its gradient penalty differentiates it twice (create_graph), which
         # compiled (AOTAutograd) graphs do not support.
         d_train = torch.compile(d_train) if d_train is not None and cfg.loss != "wgan-gp" else d_train
+    plateau = Plateau(cfg.patience, cfg.min_delta, higher_is_better) if cfg.patience and higher_is_better is not None else None
+    return Member(cfg, generator, critic, opt_g, opt_d, g_train, d_train, MetricsLog(Path(cfg.out) / "metrics.csv", enabled=rt.is_main), plateau)
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    critic_steps = cfg.resolved("critic_steps")
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(cfg: RunConfig, resume: bool = False) -> Path:
+    """Run (or continue) one training run; returns its run folder."""
+    return train_many([cfg], resume)[0]
+
+
+def train_many(cfgs: list[RunConfig], resume: bool = False) -> list[Path]:
+    """Train several students of one teacher in one pass (see the module docstring); returns their
+    run folders. Raises RunDiverged at the end if any student diverged (the others finish)."""
+    if not cfgs:
+        raise GankdError("nothing to train")
+    check_same_run(cfgs)
+    with distributed_runtime(cfgs[0].device) as runtime, stop_requests() as stop:
+        return _train(cfgs, resume, runtime, stop)
+
+
+def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int]) -> list[Path]:
+    device = rt.device
+    for cfg in cfgs:
+        if not resume and (Path(cfg.out) / "checkpoints" / "last.safetensors").exists():
+            raise GankdError(f"{cfg.out} already holds a run; pass --resume to continue it, or choose another --out")
+    base = cfgs[0]
+    check_precision(base.precision, device)
+    teacher = load_teacher(base, device) if base.method != "gan" else None
+    # Data at the run's image size but in its own channels (unless --channels asks otherwise), so
+    # that a teacher and data of different channels are reported, not silently converted.
+    image_size = resolve_shapes(base, teacher, None).image_size
+    data = load_dataset(base.dataset, base.data, image_size, "train", base.channels) if base.adversarial else None
+    cfgs = [resolve_shapes(cfg, teacher, data) for cfg in cfgs]
+    base = cfgs[0]
+    monitor_name = resolve_monitor(base.monitor, base.method, base.dataset if base.method == "gan" else (teacher.meta.get("dataset") or {}).get("kind"), base.channels)
+    monitor = build_monitor(monitor_name, base.latent_dim, device, teacher.module if teacher else None) if base.patience or base.monitor != "auto" else None
+
+    # Channels-last is an option on CUDA; on the CPU it is always used: oneDNN's native layout,
+    # it saves the layout conversions around every convolution (about 10% of a training step).
+    memory_format = torch.channels_last if base.channels_last or device.type == "cpu" else torch.contiguous_format
+    members = [build_member(cfg, rt, memory_format, monitor.higher_is_better if monitor else None) for cfg in cfgs]
+    noise_rng = torch.Generator(device).manual_seed(base.seed * 1_000_003 + 2 * rt.rank + 1)
+    index_rng = torch.Generator().manual_seed(base.seed * 1_000_003 + 2 * rt.rank + 2)
+
+    elapsed = 0.0
+    for m in members:
+        if resume and m.last_path.exists():
+            elapsed = max(elapsed, restore(m, rt))
+        elif rt.is_main:
+            m.run_dir.mkdir(parents=True, exist_ok=True)
+            m.cfg.save(m.run_dir / "config.json")
+    step = start_step(members, noise_rng, index_rng, rt)
+    for m in members:
+        m.logger.start(m.step, monitor.name if monitor else None)
+
+    def finish(m: Member, reason: str, at: int, seconds: float) -> None:
+        """The end of one student: its generator file first, then the checkpoint that says it is done
+        (a crash in between leaves the student resumable from its previous checkpoint)."""
+        m.status, m.stop_reason = "done", reason
+        if rt.is_main:
+            export_generator(m, at, seconds, teacher)
+            write_samples(m.run_dir / "samples.png", m.generator, teacher, sample_z, sample_teacher)
+        save_training_checkpoint(m, rt, at, seconds, noise_rng, index_rng, teacher)
+    objective_of = objective(base)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=base.precision == "bf16")
+    critic_steps = base.resolved("critic_steps") if base.adversarial else 0
     images = data.images.pin_memory() if data is not None and device.type == "cuda" else (data.images if data else None)
     to_dev = dict(device=device, non_blocking=True)
+    latent_dim, batch = base.latent_dim, base.batch_size
 
-    def latents(n: int) -> torch.Tensor:
-        return torch.randn(n, arch.latent_dim, device=device, generator=noise_rng)
+    def latents() -> torch.Tensor:
+        return torch.randn(batch, latent_dim, device=device, generator=noise_rng)
 
     def real_batch() -> torch.Tensor:
-        index = torch.randint(len(images), (cfg.batch_size,), generator=index_rng)
+        index = torch.randint(len(images), (batch,), generator=index_rng)
         return to_unit_range(images[index].to(**to_dev)).contiguous(memory_format=memory_format)
 
-    logger = MetricsLog(run_dir / "metrics.csv", step, enabled=rt.is_main)
-    sample_z = torch.randn(64, arch.latent_dim, generator=torch.Generator().manual_seed(SAMPLE_LATENT_SEED)).to(device)
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"{cfg.method} d={cfg.depth}", unit="step",
+    sample_z = torch.randn(64, latent_dim, generator=torch.Generator().manual_seed(SAMPLE_LATENT_SEED)).to(device)
+    with torch.no_grad():
+        sample_teacher = teacher.module(sample_z).float() if teacher is not None else None
+    for m in members:  # resumed students that had already finished
+        if m.status == "active" and m.step >= m.cfg.steps:
+            m.status = "done"
+        if m.status == "done" and rt.is_main and not (m.run_dir / "generator.safetensors").exists():
+            export_generator(m, m.step, elapsed, teacher)
+    cap = max(m.cfg.steps for m in members)
+    names = ", ".join(m.label for m in members)
+    bar = tqdm(total=cap, initial=step, desc=f"{base.method} {names}", unit="step",
                disable=not rt.is_main or None, dynamic_ncols=True, mininterval=1.0)
-    history: dict[str, list[torch.Tensor]] = {}
     interval_start, interval_step = time.perf_counter(), step
 
-    while step < cfg.steps:
-        stats: dict[str, torch.Tensor] = {}
-        # ---- critic: real data against the current generator's images
-        if d_train is not None:
-            for _ in range(critic_steps):
+    while any(m.status in ("active", "waiting") for m in members):
+        active = [m for m in members if m.status == "active"]
+        step_stats: dict[int, dict[str, torch.Tensor]] = {id(m): {} for m in active}
+        # ---- critics: real data against each generator's current images (shared draws)
+        for _ in range(critic_steps):
+            z_critic = latents()
+            real = real_batch()
+            eps = torch.rand(batch, device=device, generator=noise_rng) if base.loss == "wgan-gp" else None
+            for m in active:
                 with torch.no_grad(), autocast:
-                    fake = g_train(latents(cfg.batch_size))
+                    fake = m.g_train(z_critic)
                 with autocast:
-                    loss_d, stats = critic_loss(d_train, real_batch(), fake.float(), cfg.loss, cfg.gp_lambda, noise_rng)
-                opt_d.zero_grad(set_to_none=True)
+                    loss_d, step_stats[id(m)] = critic_loss(m.d_train, real, fake.float(), base.loss, base.gp_lambda, eps)
+                m.opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
-                opt_d.step()
-        # ---- generator / student
-        z = latents(cfg.batch_size)
-        with autocast:
-            fake = g_train(z)
-            loss_g = torch.zeros((), device=device)
-            if teacher is not None:
-                with torch.no_grad():
-                    target = teacher.module(z)
-                mse = distillation_loss(fake, target, cfg.mse_reduction)
-                loss_g = loss_g + (1 - cfg.alpha) * mse
-                stats["mse_pixel"] = (fake.detach().float() - target.float()).pow(2).mean()
-            if critic is not None:
-                adv = generator_adversarial_loss(critic(fake), cfg.loss)
-                loss_g = loss_g + (cfg.alpha if teacher is not None else 1.0) * adv
-                stats["g_adv"] = adv.detach()
-        opt_g.zero_grad(set_to_none=True)
-        # Gradients for the generator only: the critic's weights get none (and, under DDP,
-        # trigger no all-reduce) although its forward pass is part of the graph.
-        loss_g.backward(inputs=list(generator.parameters()))
-        opt_g.step()
-        stats["g_loss"] = loss_g.detach()
+                m.opt_d.step()
+        # ---- generators / students: one latent batch, one teacher pass
+        z = latents()
+        target = None
+        if teacher is not None and active:
+            with torch.no_grad(), autocast:
+                target = teacher.module(z)
+        for m in active:
+            with autocast:
+                fake = m.g_train(z)
+                grad, stats = objective_of.images_gradient(fake, target, m.critic)
+            m.opt_g.zero_grad(set_to_none=True)
+            # Back-propagate the objective's gradient at the images through the generator alone:
+            # the critic's weights get none (and, under DDP, trigger no all-reduce).
+            fake.backward(grad.to(fake.dtype))
+            m.opt_g.step()
+            record(m.history, {**step_stats[id(m)], **stats})
+            m.step = step + 1
         step += 1
         bar.update(1)
-        for name, value in stats.items():
-            history.setdefault(name, []).append(value.float())
+        for m in members:
+            if m.status == "waiting" and m.step == step:
+                join(m, noise_rng, index_rng)
 
         interrupted = stop_flag(stop, rt)
-        at_checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps or interrupted
-        if step % cfg.log_every == 0 or at_checkpoint:
-            now = time.perf_counter()
-            means = check_and_summarise(history, step, cfg.divergence_threshold, last_path)
-            elapsed += now - interval_start
-            rate = (step - interval_step) * cfg.batch_size * rt.world_size / max(now - interval_start, 1e-9)
-            logger.write(step, elapsed, rate, means)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in means.items() if k in ("d_loss", "g_loss", "mse_pixel")})
-            history, interval_start, interval_step = {}, now, step
-        if rt.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
-            write_samples(run_dir / "samples" / f"step_{step:07d}.png", generator, teacher, sample_z)
-        if at_checkpoint:
-            save_training_checkpoint(last_path, cfg, rt, step, elapsed, generator, critic, opt_g, opt_d, noise_rng, index_rng, teacher)
+        now = time.perf_counter()
+        run_elapsed = elapsed + now - interval_start
+        for m in active:
+            at_eval = monitor is not None and step % m.cfg.eval_every == 0
+            at_end = step >= m.cfg.steps
+            at_checkpoint = step % m.cfg.checkpoint_every == 0 or interrupted
+            if step % m.cfg.log_every == 0 or at_eval or at_end or at_checkpoint:
+                try:
+                    means = check_and_summarise(m.history, step, m.cfg.divergence_threshold, m.last_path)
+                except RunDiverged as exc:
+                    m.status, m.error = "diverged", str(exc)
+                    continue
+                m.history = {}
+                value = monitor(m.generator) if at_eval else None
+                rate = (step - interval_step) * batch * rt.world_size / max(now - interval_start, 1e-9)
+                m.logger.write(step, run_elapsed, rate, means, value)
+                if len(members) == 1:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in means.items() if k in ("d_loss", "g_loss", "mse_pixel")})
+            if rt.is_main and step % m.cfg.sample_every == 0:
+                write_samples(m.run_dir / "samples" / f"step_{step:07d}.png", m.generator, teacher, sample_z, sample_teacher)
+            if at_eval and m.plateau is not None and m.plateau.update(step, value):
+                finish(m, f"plateau: {monitor.name} gained less than {m.cfg.min_delta:g} (relative) in {m.cfg.patience} evaluations",
+                       step, run_elapsed)
+            elif at_end:
+                finish(m, "steps", step, run_elapsed)
+            elif at_checkpoint:
+                save_training_checkpoint(m, rt, step, run_elapsed, noise_rng, index_rng, teacher)
+        if step % base.log_every == 0 or interrupted:
+            elapsed, interval_start, interval_step = run_elapsed, now, step
         if interrupted:
             bar.close()
             name = signal.Signals(interrupted).name
-            raise RunInterrupted(f"stopped by {name} at step {step}; checkpoint saved to {last_path}; continue with --resume")
+            saved = ", ".join(str(m.last_path) for m in members if m.status == "active")
+            raise RunInterrupted(f"stopped by {name} at step {step}; checkpoint saved to {saved or 'the run folders'}; continue with --resume")
     bar.close()
-    if rt.is_main:
-        export_generator(run_dir / "generator.safetensors", cfg, step, elapsed, generator, teacher)
-        write_samples(run_dir / "samples.png", generator, teacher, sample_z)
-    return run_dir
+    diverged = [m for m in members if m.status == "diverged"]
+    if diverged:
+        raise RunDiverged("; ".join(f"{m.run_dir}: {m.error}" if len(members) > 1 else m.error for m in diverged))
+    return [m.run_dir for m in members]
 
 
-def stop_flag(stop: dict[str, int], rt: Runtime) -> int:
-    """The signal number if any process of the group was asked to stop (all agree), else 0."""
-    local = stop.get("signal", 0)
-    if rt.world_size == 1:
-        return local
-    flag = torch.tensor([local], device=rt.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item())
+def record(history: dict[str, list[torch.Tensor]], stats: dict[str, torch.Tensor]) -> None:
+    for name, value in stats.items():
+        history.setdefault(name, []).append(value.detach().float())
+
+
+def start_step(members: list[Member], noise_rng: torch.Generator, index_rng: torch.Generator, rt: Runtime) -> int:
+    """The step the run continues from: the earliest among the resumed students that still train.
+    Students ahead of it (a crash between two students' checkpoints) wait until the shared draws
+    reach their step, then join; students that had finished stay finished."""
+    training = [m for m in members if m.status == "active"]
+    if not training:
+        return max((m.step for m in members), default=0)
+    step = min(m.step for m in training)
+    for m in training:
+        if m.step > step:
+            m.status = "waiting"
+    first = next(m for m in training if m.step == step)
+    if isinstance(first.saved_rng, int):
+        noise_rng.manual_seed(first.saved_rng + 1)
+        index_rng.manual_seed(first.saved_rng + 2)
+    elif first.saved_rng is not None:
+        noise_rng.set_state(first.saved_rng[0])
+        index_rng.set_state(first.saved_rng[1])
+    return step
+
+
+def join(m: Member, noise_rng: torch.Generator, index_rng: torch.Generator) -> None:
+    """A student that was ahead rejoins: the shared draws must now be where its checkpoint left them."""
+    if isinstance(m.saved_rng, tuple) and not (torch.equal(m.saved_rng[0], noise_rng.get_state()) and torch.equal(m.saved_rng[1], index_rng.get_state())):
+        raise GankdError(f"{m.last_path}: its random state does not match the other students' at step {m.step}; resume it alone")
+    m.status = "active"
 
 
 def check_and_summarise(history: dict[str, list[torch.Tensor]], step: int, threshold: float, last_path: Path) -> dict[str, float]:
@@ -372,13 +398,18 @@ def check_and_summarise(history: dict[str, list[torch.Tensor]], step: int, thres
 
 
 class MetricsLog:
-    """metrics.csv: one row per log interval. On resume, rows after the checkpoint are dropped."""
+    """metrics.csv: one row per log interval, a ``val_<monitor>`` column when a monitor is watched.
+    On resume, rows after the checkpoint are dropped."""
 
-    def __init__(self, path: Path, start_step: int, enabled: bool):
+    def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled, self.columns = path, enabled, None
-        if enabled and path.exists():
-            with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+        self.monitor: str | None = None
+
+    def start(self, step: int, monitor: str | None) -> None:
+        self.monitor = monitor
+        if self.enabled and self.path.exists():
+            with self.path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
             self.columns = list(rows[0]) if rows else None
             self._rewrite(rows)
 
@@ -389,10 +420,12 @@ class MetricsLog:
                 writer.writeheader()
                 writer.writerows(rows)
 
-    def write(self, step: int, elapsed: float, rate: float, values: dict[str, float]) -> None:
+    def write(self, step: int, elapsed: float, rate: float, values: dict[str, float], monitored: float | None = None) -> None:
         if not self.enabled:
             return
         row = {"step": step, "elapsed_s": f"{elapsed:.2f}", "images_per_s": f"{rate:.1f}", **{k: f"{v:.6g}" for k, v in values.items()}}
+        if self.monitor:
+            row[f"val_{self.monitor}"] = "" if monitored is None else f"{monitored:.6g}"
         if self.columns is None:
             self.columns = list(row)
             self._rewrite([])
@@ -401,7 +434,7 @@ class MetricsLog:
 
 
 @torch.no_grad()
-def write_samples(path: Path, generator: Generator, teacher: Teacher | None, z: torch.Tensor) -> None:
+def write_samples(path: Path, generator: Generator, teacher: Teacher | None, z: torch.Tensor, teacher_images: torch.Tensor | None) -> None:
     was_training = generator.training
     generator.eval()
     student = generator(z)
@@ -410,17 +443,18 @@ def write_samples(path: Path, generator: Generator, teacher: Teacher | None, z: 
     if teacher is None:
         save_grid(student, path, nrow=8, scale=scale)
     else:
-        save_comparison([("teacher", teacher.module(z)), (f"student d={generator.arch.depth}", student)], path, nrow=8, scale=scale)
+        save_comparison([("teacher", teacher_images), (f"student d={generator.arch.depth}", student)], path, nrow=8, scale=scale)
 
 
 # --------------------------------------------------------------------------- checkpoints
 
 
-def run_metadata(cfg: RunConfig, step: int, elapsed: float, generator: Generator, teacher: Teacher | None) -> dict[str, Any]:
+def run_metadata(m: Member, step: int, elapsed: float, teacher: Teacher | None) -> dict[str, Any]:
+    cfg = m.cfg
     meta: dict[str, Any] = {
         "method": cfg.method,
-        "arch": generator.arch.to_dict(),
-        "parameters": count_parameters(generator),
+        "arch": m.generator.arch.to_dict(),
+        "parameters": count_parameters(m.generator),
         "step": step,
         "elapsed_s": elapsed,
         # The distribution the generator is judged against: its own training data, or, for a
@@ -431,71 +465,70 @@ def run_metadata(cfg: RunConfig, step: int, elapsed: float, generator: Generator
         "seed": cfg.seed,
         "config": cfg.to_dict(),
     }
+    if m.plateau is not None:
+        meta["plateau"] = m.plateau.state()
+    if m.status == "done":
+        meta["stopped"] = m.stop_reason
     if teacher is not None:
         meta["teacher"] = {"path": str(teacher.meta["path"]), "parameters": teacher.meta["parameters"], "arch": teacher.meta["arch"],
                            "dataset": teacher.meta.get("dataset")}
     return meta
 
 
-def gather_rng(rng: torch.Generator, rt: Runtime) -> list[torch.Tensor]:
-    state = rng.get_state()
-    if rt.world_size == 1:
-        return [state]
-    comm_device = rt.device if rt.device.type == "cuda" else torch.device("cpu")
-    parts = [torch.empty_like(state, device=comm_device) for _ in range(rt.world_size)]
-    dist.all_gather(parts, state.to(comm_device))
-    return [p.cpu() for p in parts]
-
-
-def save_training_checkpoint(path: Path, cfg: RunConfig, rt: Runtime, step: int, elapsed: float, generator: Generator,
-                             critic: Critic | None, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer | None,
-                             noise_rng: torch.Generator, index_rng: torch.Generator, teacher: Teacher | None) -> None:
+def save_training_checkpoint(m: Member, rt: Runtime, step: int, elapsed: float, noise_rng: torch.Generator,
+                             index_rng: torch.Generator, teacher: Teacher | None) -> None:
     noise_states, index_states = gather_rng(noise_rng, rt), gather_rng(index_rng, rt)  # collective: every rank
     if not rt.is_main:
         return
-    tensors = ckpt.prefixed("generator", generator.state_dict())
-    opt_tensors, g_groups = ckpt.optimizer_to_tensors(opt_g, "opt_g")
+    tensors = ckpt.prefixed("generator", m.generator.state_dict())
+    opt_tensors, g_groups = ckpt.optimizer_to_tensors(m.opt_g, "opt_g")
     tensors.update(opt_tensors)
-    meta = run_metadata(cfg, step, elapsed, generator, teacher)
+    meta = run_metadata(m, step, elapsed, teacher)
     meta.update(opt_g_groups=g_groups, world_size=rt.world_size)
-    if critic is not None:
-        tensors.update(ckpt.prefixed("critic", critic.state_dict()))
-        opt_tensors, d_groups = ckpt.optimizer_to_tensors(opt_d, "opt_d")
+    if m.critic is not None:
+        tensors.update(ckpt.prefixed("critic", m.critic.state_dict()))
+        opt_tensors, d_groups = ckpt.optimizer_to_tensors(m.opt_d, "opt_d")
         tensors.update(opt_tensors)
-        meta.update(critic_arch=critic.arch.to_dict(), opt_d_groups=d_groups)
+        meta.update(critic_arch=m.critic.arch.to_dict(), opt_d_groups=d_groups)
     for rank, (noise, index) in enumerate(zip(noise_states, index_states)):
         tensors[f"rng.noise.{rank}"], tensors[f"rng.index.{rank}"] = noise, index
-    ckpt.save_checkpoint(path, tensors, meta)
+    ckpt.save_checkpoint(m.last_path, tensors, meta)
 
 
-def restore(path: Path, cfg: RunConfig, rt: Runtime, generator: Generator, critic: Critic | None,
-            opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer | None,
-            noise_rng: torch.Generator, index_rng: torch.Generator) -> tuple[int, float]:
+def restore(m: Member, rt: Runtime) -> float:
+    """Load a student's checkpoint into ``m``; returns the run's elapsed seconds. The shared random
+    streams are set later (``start_step``), from the student the run continues with."""
+    path = m.last_path
     tensors, meta = ckpt.read_checkpoint(path)
-    if meta.get("arch") != generator.arch.to_dict():
-        raise GankdError(f"{path}: its architecture {meta.get('arch')} is not the run's {generator.arch.to_dict()}")
-    ckpt.load_state(generator, ckpt.unprefixed("generator", tensors), str(path))
-    ckpt.optimizer_from_tensors(opt_g, tensors, meta["opt_g_groups"], "opt_g")
-    if critic is not None:
-        ckpt.load_state(critic, ckpt.unprefixed("critic", tensors), str(path))
-        ckpt.optimizer_from_tensors(opt_d, tensors, meta["opt_d_groups"], "opt_d")
+    if meta.get("arch") != m.generator.arch.to_dict():
+        raise GankdError(f"{path}: its architecture {meta.get('arch')} is not the run's {m.generator.arch.to_dict()}")
+    ckpt.load_state(m.generator, ckpt.unprefixed("generator", tensors), str(path))
+    ckpt.optimizer_from_tensors(m.opt_g, tensors, meta["opt_g_groups"], "opt_g")
+    if m.critic is not None:
+        ckpt.load_state(m.critic, ckpt.unprefixed("critic", tensors), str(path))
+        ckpt.optimizer_from_tensors(m.opt_d, tensors, meta["opt_d_groups"], "opt_d")
+    m.step = int(meta["step"])
+    if m.plateau is not None and "plateau" in meta:
+        m.plateau.load(meta["plateau"])
+    if str(meta.get("stopped", "")).startswith("plateau"):  # converged: done whatever --steps now says
+        m.status, m.stop_reason = "done", meta["stopped"]
     if meta.get("world_size") == rt.world_size:
-        noise_rng.set_state(tensors[f"rng.noise.{rt.rank}"])
-        index_rng.set_state(tensors[f"rng.index.{rt.rank}"])
-    else:  # a different process count cannot continue the same streams; derive fresh ones
-        noise_rng.manual_seed(cfg.seed * 1_000_003 + 2 * rt.rank + 1 + meta["step"] * 7919)
-        index_rng.manual_seed(cfg.seed * 1_000_003 + 2 * rt.rank + 2 + meta["step"] * 7919)
-    return int(meta["step"]), float(meta.get("elapsed_s", 0.0))
+        m.saved_rng = (tensors[f"rng.noise.{rt.rank}"], tensors[f"rng.index.{rt.rank}"])
+    else:  # a different process count cannot continue the same streams; fresh ones are derived
+        m.saved_rng = m.cfg.seed * 1_000_003 + 2 * rt.rank + m.step * 7919
+    return float(meta.get("elapsed_s", 0.0))
 
 
-def export_generator(path: Path, cfg: RunConfig, step: int, elapsed: float, generator: Generator, teacher: Teacher | None) -> None:
+def export_generator(m: Member, step: int, elapsed: float, teacher: Teacher | None) -> None:
     """The shippable artefact: generator weights and metadata only (no critic, no optimiser)."""
-    ckpt.save_checkpoint(path, ckpt.prefixed("generator", generator.state_dict()), run_metadata(cfg, step, elapsed, generator, teacher))
+    ckpt.save_checkpoint(m.run_dir / "generator.safetensors", ckpt.prefixed("generator", m.generator.state_dict()),
+                         run_metadata(m, step, elapsed, teacher))
 
 
-def images_from(generator: nn.Module, n: int, latent_dim: int, seed: int, device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    """n images from seeded latents (same seed, same images), on the CPU."""
-    z = sample_latents(n, latent_dim, seed)
-    with torch.no_grad():
-        return torch.cat([generator(z[i : i + batch_size].to(device)).float().cpu() for i in range(0, n, batch_size)])
-
+def finished(path: Path, steps: int) -> bool:
+    """Whether ``path`` (a generator.safetensors) is the end of a run of at most ``steps`` steps."""
+    try:
+        meta = ckpt.read_checkpoint(path)[1]
+    except GankdError:
+        return False
+    return meta.get("step") == steps or (bool(meta.get("stopped")) and meta.get("step", 0) <= steps)

@@ -19,7 +19,8 @@ from gankd.config import RunConfig
 from gankd.errors import GankdError
 from gankd.metrics.fidelity import teacher_fidelity
 from gankd.models import Architecture, Generator
-from gankd.training import RunDiverged, train
+from gankd.errors import RunDiverged
+from gankd.training import train
 
 
 def rows(run: Path) -> list[dict]:

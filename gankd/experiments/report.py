@@ -15,8 +15,10 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gankd.checkpoint import atomic_write_bytes, load_generator  # noqa: E402
+from gankd.checkpoint import load_generator  # noqa: E402
+from gankd.files import atomic_write_bytes  # noqa: E402
 from gankd.imaging import save_comparison  # noqa: E402
+from gankd.sampling import images_from  # noqa: E402
 
 if TYPE_CHECKING:
     from gankd.experiments.sweep import Job
@@ -132,8 +134,6 @@ def plot_metric(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
 
 def figure11(jobs: list["Job"], path: Path) -> None:
     """The same latents through the teacher and the MSE and joint students at each depth."""
-    from gankd.training import images_from
-
     done = {(j.method, j.depth): j for j in jobs if j.status == "done"}
     teacher = next(j for j in jobs if j.method == "teacher")
     if teacher.status != "done":

@@ -27,9 +27,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from gankd.checkpoint import atomic_write_bytes, load_generator, read_checkpoint
+from gankd.checkpoint import load_generator, read_checkpoint
 from gankd.config import RunConfig
 from gankd.errors import GankdError
+from gankd.files import atomic_write_bytes
 
 METHODS = ("mse", "joint", "regular")
 SPEC_KEYS = {"name", "description", "data", "common", "teacher", "depths", "methods", "evaluation"}
@@ -161,7 +162,7 @@ def train_all(jobs: list[Job], parallel: int) -> None:
 def evaluate_all(jobs: list[Job], settings: dict[str, Any], data_root: str | None) -> None:
     """Same metrics, samples and seed for every finished model; cached in <run>/eval.json."""
     from gankd.metrics.evaluate import evaluate, json_ready
-    from gankd.training import resolve_device
+    from gankd.runtime import resolve_device
 
     device = resolve_device(settings["device"])
     teacher_job = jobs[0]

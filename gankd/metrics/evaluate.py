@@ -24,15 +24,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from gankd.checkpoint import atomic_write_bytes, load_generator
+from gankd.checkpoint import load_generator
 from gankd.data import ImageData, load_dataset
 from gankd.errors import GankdError
+from gankd.files import atomic_write_bytes
 from gankd.metrics.cost import cost
 from gankd.metrics.features import FeatureNetwork, extract
 from gankd.metrics.fidelity import teacher_fidelity
 from gankd.metrics.frechet import frechet_distance, gaussian_statistics, kernel_inception_distance
 from gankd.metrics.inception_score import inception_score, probabilities
 from gankd.metrics.networks import DigitClassifier, InceptionFeatures
+from gankd.runtime import resolve_device
 
 METRICS = ("is", "fid", "kid", "cfid", "fidelity", "cost")
 DEFAULT_SAMPLES = 10_000
@@ -282,8 +284,6 @@ def default_metrics(meta: dict[str, Any], has_teacher: bool) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gankd.training import resolve_device
-
     device = resolve_device(args.device)
     generator, meta = load_generator(args.checkpoint, device)
     teacher = teacher_meta = None

@@ -17,16 +17,11 @@ from tqdm import tqdm
 
 from gankd.data import ImageData, to_uint8, to_unit_range
 from gankd.errors import GankdError
+from gankd.sampling import sample_latents
 
 FeatureNetwork = Callable[[torch.Tensor], torch.Tensor]
 """Float images (N, C, S, S) in [-1, 1] on the network's device -> (N, D); does its own
 preprocessing (see :mod:`gankd.metrics.networks`)."""
-
-
-def sample_latents(count: int, latent_dim: int, seed: int) -> torch.Tensor:
-    """(count, latent_dim) N(0, I) latents from a CPU generator seeded with ``seed``: the same
-    numbers on every device and for every batch size."""
-    return torch.randn(count, latent_dim, generator=torch.Generator().manual_seed(seed))
 
 
 def image_batches(

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from gankd.errors import GankdError
-from gankd.metrics.features import sample_latents
+from gankd.sampling import sample_latents
 
 HELD_OUT_SEED = 1_000_000_007
 """Added to the evaluation seed, so the latents come from a stream of their own rather than

@@ -1,0 +1,108 @@
+"""Where a run executes: the device, the process group under ``torchrun``, stop requests.
+
+Nothing here knows about GANs; training, evaluation and the CLI share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+
+from gankd.errors import GankdError
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GankdError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GankdError("--device cuda was asked for, but CUDA is not available on this machine")
+    return device
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """bf16 needs hardware that computes it natively; emulated bf16 on a CPU is slower than fp32."""
+    if precision != "bf16":
+        return
+    if device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+        raise GankdError("--precision bf16 on the CPU needs native bfloat16 (AVX512-BF16 or AMX); this CPU has neither: use fp32")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise GankdError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; use fp32")
+
+
+@contextlib.contextmanager
+def distributed_runtime(device_name: str) -> Iterator[Runtime]:
+    """Single process, or one process of a ``torchrun`` group (WORLD_SIZE > 1)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        yield Runtime(resolve_device(device_name))
+        return
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield Runtime(device, dist.get_rank(), world_size)
+    finally:
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[dict[str, int]]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint before exiting."""
+    received: dict[str, int] = {}
+    previous = {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        received["signal"] = signum
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def stop_flag(stop: dict[str, int], rt: Runtime) -> int:
+    """The signal number if any process of the group was asked to stop (all agree), else 0."""
+    local = stop.get("signal", 0)
+    if rt.world_size == 1:
+        return local
+    flag = torch.tensor([local], device=rt.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def gather_rng(rng: torch.Generator, rt: Runtime) -> list[torch.Tensor]:
+    """Every process's state of ``rng`` (a collective: all ranks call it)."""
+    state = rng.get_state()
+    if rt.world_size == 1:
+        return [state]
+    comm_device = rt.device if rt.device.type == "cuda" else torch.device("cpu")
+    parts = [torch.empty_like(state, device=comm_device) for _ in range(rt.world_size)]
+    dist.all_gather(parts, state.to(comm_device))
+    return [p.cpu() for p in parts]

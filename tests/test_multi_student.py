@@ -1,0 +1,123 @@
+"""Several students from one teacher pass: each equals its own run, resumes exactly, stops alone."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_gankd
+from gankd.checkpoint import read_checkpoint
+from gankd.config import RunConfig
+from gankd.errors import RunDiverged
+from gankd.models import Generator
+from gankd.training import train, train_many
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    tensors, _ = read_checkpoint(run / "checkpoints" / "last.safetensors")
+    return {k: v for k, v in tensors.items() if not k.startswith("rng")}
+
+
+def assert_same(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+def student(out: Path, teacher: Path, depth: int, **extra) -> RunConfig:
+    options = dict(method="mse", teacher=str(teacher), steps=12, batch_size=16, log_every=4, checkpoint_every=4, sample_every=100)
+    return RunConfig(out=str(out), depth=depth, **{**options, **extra})
+
+
+@pytest.mark.parametrize("extra", [{}, {"method": "joint", "alpha": 0.3, "loss": "dcgan", "critic_depth": 8},
+                                   {"method": "joint", "alpha": 0.3, "loss": "wgan-gp", "critic_steps": 2}],
+                         ids=["mse", "joint-dcgan", "joint-wgan-gp"])
+def test_students_trained_together_equal_students_trained_alone(mnist_teacher: Path, tmp_path: Path, extra: dict) -> None:
+    together = train_many([student(tmp_path / "together" / f"d{d}", mnist_teacher, d, **extra) for d in (2, 4)])
+    for d, run in zip((2, 4), together):
+        alone = train(student(tmp_path / f"alone{d}", mnist_teacher, d, **extra))
+        assert_same(run, alone)
+        assert (run / "metrics.csv").read_text().splitlines()[1:] != []
+        assert (run / "generator.safetensors").exists() and (run / "config.json").exists()
+
+
+def test_multi_student_sigkill_then_resume_is_bit_identical(mnist_teacher: Path, tmp_path: Path) -> None:
+    common = ["distill", "--teacher", str(mnist_teacher), "--depth", "2,4", "--batch-size", "16", "--log-every", "5",
+              "--checkpoint-every", "5", "--sample-every", "1000"]
+    run_gankd(*common, "--out", str(tmp_path / "full"), "--steps", "60")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "gankd.cli", *common, "--out", str(out), "--steps", "60"], cwd=ROOT,
+                            stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    last = out / "d4" / "checkpoints" / "last.safetensors"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (last.exists() and read_checkpoint(last)[1]["step"] >= 20):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert read_checkpoint(last)[1]["step"] < 60, "the run finished before it could be killed"
+    run_gankd(*common, "--out", str(out), "--steps", "60", "--resume")
+    for d in ("d2", "d4"):
+        assert_same(out / d, tmp_path / "full" / d)
+        steps = [line.split(",")[0] for line in (out / d / "metrics.csv").read_text().splitlines()[1:]]
+        assert steps == [str(s) for s in range(5, 61, 5)]
+
+
+def test_a_student_ahead_of_the_others_waits_then_joins(mnist_teacher: Path, tmp_path: Path) -> None:
+    """A crash between two students' checkpoints leaves one ahead; resuming lets the other catch up."""
+    full = train_many([student(tmp_path / "full" / f"d{d}", mnist_teacher, d, steps=16) for d in (2, 4)])
+    run = [tmp_path / "run" / f"d{d}" for d in (2, 4)]
+    train_many([student(r, mnist_teacher, d, steps=12) for r, d in zip(run, (2, 4))])
+    behind = tmp_path / "behind"
+    train(student(behind, mnist_teacher, 2, steps=4))
+    shutil.copy(behind / "checkpoints" / "last.safetensors", run[0] / "checkpoints" / "last.safetensors")
+    assert read_checkpoint(run[0] / "checkpoints" / "last.safetensors")[1]["step"] == 4
+    train_many([student(r, mnist_teacher, d, steps=16) for r, d in zip(run, (2, 4))], resume=True)
+    for r, f in zip(run, full):
+        assert_same(r, f)
+
+
+def test_a_diverging_student_stops_alone(mnist_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    forward = Generator.forward
+
+    def faulty(self: Generator, z: torch.Tensor) -> torch.Tensor:  # fault injection: d=2 produces NaN while training
+        out = forward(self, z)
+        return out * float("nan") if self.training and self.arch.depth == 2 else out
+
+    monkeypatch.setattr(Generator, "forward", faulty)
+    runs = [tmp_path / f"d{d}" for d in (2, 4)]
+    with pytest.raises(RunDiverged, match=r"d2: training diverged at step \d+: "):
+        train_many([student(r, mnist_teacher, d) for r, d in zip(runs, (2, 4))])
+    assert read_checkpoint(runs[1] / "generator.safetensors")[1]["step"] == 12
+    assert not (runs[0] / "generator.safetensors").exists()
+
+
+def test_plateau_stops_a_student_and_a_resume_keeps_it_stopped(mnist_teacher: Path, tmp_path: Path) -> None:
+    # min_delta 10: no evaluation can improve by 1000%, so the second evaluation ends the run
+    cfg = student(tmp_path / "s", mnist_teacher, 4, steps=1000, patience=1, eval_every=5, min_delta=10.0)
+    run = train(cfg)
+    tensors, meta = read_checkpoint(run / "generator.safetensors")
+    assert meta["step"] == 10 and meta["stopped"].startswith("plateau") and len(meta["plateau"]["history"]) == 2
+    header, *rows = (run / "metrics.csv").read_text().splitlines()
+    column = header.split(",").index("val_fidelity")
+    assert [r.split(",")[column] != "" for r in rows] == [s % 5 == 0 for s in (4, 5, 8, 10)]
+    before = (run / "generator.safetensors").read_bytes()
+    train(cfg, resume=True)
+    assert (run / "generator.safetensors").read_bytes() == before
+
+
+def test_distill_cli_with_several_depths_writes_a_folder_each(mnist_teacher: Path, tmp_path: Path) -> None:
+    out = tmp_path / "students"
+    result = run_gankd("distill", "--teacher", str(mnist_teacher), "--depth", "2,4", "--out", str(out), "--steps", "3",
+                       "--log-every", "1")
+    assert result.stdout.count("done:") == 2
+    for d in (2, 4):
+        assert RunConfig.load(out / f"d{d}" / "config.json").depth == d
+        assert read_checkpoint(out / f"d{d}" / "generator.safetensors")[1]["arch"]["depth"] == d
