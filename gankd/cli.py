@@ -13,7 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gankd.config import BALANCES, LOSSES, MONITORS, MSE_REDUCTIONS, PRECISIONS, RunConfig
+from gankd.config import BALANCES, LOSSES, MONITORS, MSE_REDUCTIONS, PRECISIONS, RunConfig, read_options
 from gankd.errors import GankdError, RunInterrupted
 
 
@@ -63,7 +63,10 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("image_size", {"type": int, "choices": (32, 64, 128)}, "image size S (default: the teacher's, else 32)"),
     ("channels", {"type": int, "choices": (1, 3)}, "image channels (default: the teacher's, else the data's)"),
     ("depth", {"type": _int_at_least(1)}, "generator depth d (channels of the last hidden layer)"),
-    ("critic_depth", {"type": _int_at_least(1)}, "critic depth (default: the generator's depth)"),
+    ("critic_depth", {"type": _int_at_least(1)}, "critic depth (default: the generator's depth; with the dcgan loss at most "
+                                                 "32, 16, 8 at 32, 64, 128 pixels, so that the critic does not win outright)"),
+    ("init", {}, "start from the weights of this gankd generator of the same architecture (fine-tuning, e.g. a joint "
+                 "student from an MSE one); a run resumed from its checkpoint ignores it"),
     ("latent_dim", {"type": _int_at_least(1)}, "latent size (default: the teacher's, else 100)"),
     ("loss", {"choices": LOSSES}, "adversarial loss: wgan-gp (lambda 10, 5 critic steps, Adam 1e-4 (0.5, 0.9)) "
                                   "or dcgan (non-saturating, 1 critic step, Adam 2e-4 (0.5, 0.999))"),
@@ -115,12 +118,13 @@ def _run_parser(sub: argparse._SubParsersAction, name: str, text: str, distill: 
     parser = sub.add_parser(name, help=text, description=text)
     parser.add_argument("--config", type=Path, help="JSON file of run options (keys as in config.json); flags override it")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    overrides: dict[str, tuple[dict[str, Any], Any]] = {}
     if distill:
         _add_run_options(parser, DISTILL_OPTIONS, {"method": ({"choices": ("mse", "joint")}, "mse")})
-        overrides["depth"] = ({"type": _depths, "metavar": "D[,D...]"}, "64; several, comma-separated, train together in one teacher pass")
-        overrides["out"] = ({}, "runs/default; with several depths, each student goes to OUT/d<depth>")
-    _add_run_options(parser, RUN_OPTIONS, overrides)
+    together = "one teacher pass" if distill else "one process, sharing the real batches"
+    _add_run_options(parser, RUN_OPTIONS, {
+        "depth": ({"type": _depths, "metavar": "D[,D...]"}, f"64; several, comma-separated, train together in {together}"),
+        "out": ({}, "runs/default; with several depths, each model goes to OUT/d<depth>"),
+    })
     return parser
 
 
@@ -128,8 +132,6 @@ def config_from_args(args: argparse.Namespace, method: str | None) -> tuple[RunC
     """Build the run config: saved config (resume) or --config file, then flags on top."""
     names = {f.name for f in fields(RunConfig)}
     flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    if method is not None:
-        flags.setdefault("method", method)
     if args.resume:
         if "out" not in flags:
             raise GankdError("--resume needs --out, the run folder to continue")
@@ -143,33 +145,40 @@ def config_from_args(args: argparse.Namespace, method: str | None) -> tuple[RunC
             data = saved.to_dict()
             data.update({k: flags[k] for k in ("steps", "device") if k in flags})
             return RunConfig.from_dict(data, str(saved_path)), True
-    base = RunConfig.load(args.config).to_dict() if args.config else {}
+    base = read_options(args.config) if args.config else {}
+    if method is not None:
+        base.setdefault("method", method)  # the command's own method, unless the file or a flag names one
     base.update(flags)
     return RunConfig.from_dict(base, str(args.config or "options")), args.resume
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from gankd.training import train
+def configs_from_args(args: argparse.Namespace, method: str) -> tuple[list[RunConfig], bool]:
+    """One run config per depth of ``--depth D[,D...]``; with several, each student's folder is OUT/d<depth>."""
+    depths = args.depth or [None]
+    if len(depths) > 1 and args.out is None:
+        raise GankdError("several depths need --out, the folder that gets one run folder d<depth> each")
+    configs = []
+    for depth in depths:
+        one = argparse.Namespace(**{**vars(args), "depth": depth, "out": f"{args.out}/d{depth}" if len(depths) > 1 else args.out})
+        configs.append(config_from_args(one, method))
+    return [cfg for cfg, _ in configs], configs[0][1]
 
-    cfg, resume = config_from_args(args, "gan")
-    if cfg.method != "gan":
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from gankd.training import train_many
+
+    cfgs, resume = configs_from_args(args, "gan")
+    if any(cfg.method != "gan" for cfg in cfgs):
         raise GankdError("gankd train trains a GAN from scratch; use gankd distill for students")
-    run_dir = train(cfg, resume=resume)
-    print(f"done: {run_dir}/generator.safetensors, samples in {run_dir}/samples.png")
+    for run_dir in train_many(cfgs, resume=resume):
+        print(f"done: {run_dir}/generator.safetensors, samples in {run_dir}/samples.png")
     return 0
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from gankd.training import train_many
 
-    depths = args.depth or [None]
-    if len(depths) > 1 and args.out is None:
-        raise GankdError("several depths need --out, the folder that gets one run folder d<depth> per student")
-    configs = []
-    for depth in depths:
-        one = argparse.Namespace(**{**vars(args), "depth": depth, "out": f"{args.out}/d{depth}" if len(depths) > 1 else args.out})
-        configs.append(config_from_args(one, "mse"))
-    cfgs, resume = [cfg for cfg, _ in configs], configs[0][1]
+    cfgs, resume = configs_from_args(args, "mse")
     if any(cfg.method == "gan" for cfg in cfgs):
         raise GankdError("gankd distill needs --method mse or joint")
     for run_dir in train_many(cfgs, resume=resume):
@@ -242,19 +251,37 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gankd.demo import run_demo
 
-    run_demo(Path(args.out), device=args.device, teacher_steps=args.teacher_steps, student_steps=args.student_steps)
+    run_demo(Path(args.out), device=args.device, student_steps=args.student_steps, train_teacher=args.train_teacher,
+             teacher_steps=args.teacher_steps)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from gankd.experiments.sweep import run_sweep
 
-    jobs = run_sweep(args.config, args.out, parallel=args.jobs)
+    jobs = run_sweep(args.config, args.out, parallel=args.jobs).jobs
     failed = [j for j in jobs if j.status != "done"]
-    print(f"report: {args.out / 'report.md'} ({len(jobs) - len(failed)} of {len(jobs)} runs finished)")
+    print(f"report: {args.out / 'report.md'} ({len(jobs) - len(failed)} of {len(jobs)} jobs finished)")
     for job in failed:
         print(f"  {job.name}: {job.status}: {job.error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_limit(args: argparse.Namespace) -> int:
+    from gankd.experiments.limit import find_limit
+
+    names = {f.name for f in fields(RunConfig)}
+    options = RunConfig.load(args.config).to_dict() if args.config else {}
+    options.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    options.setdefault("method", "mse")
+    for key in ("out", "depth", "seed"):
+        options.pop(key, None)
+    if not options.get("teacher"):
+        raise GankdError("gankd limit needs --teacher")
+    result = find_limit(options, args.out, args.depths, list(range(args.seeds)), args.metric, args.keep, args.samples,
+                        device=options.get("device", "auto"))
+    print(result["sentence"])
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -290,11 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent-dim", type=_int_at_least(1), default=100, help="latent size")
     p.set_defaults(func=cmd_params)
 
-    p = sub.add_parser("demo", help="the embedded example: train a small MNIST teacher, distill a d=4 student, compare")
-    p.add_argument("--out", default="runs/demo", help="output folder")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--teacher-steps", type=_int_at_least(1), default=None, help="teacher training steps")
-    p.add_argument("--student-steps", type=_int_at_least(1), default=None, help="student distillation steps")
+    p = sub.add_parser("demo", help="the embedded example: distill d=4, 8, 16 students from the shipped MNIST teacher, evaluate, compare")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--student-steps", type=_int_at_least(1), default=None, help="distillation steps (default: 1500)")
+    p.add_argument("--train-teacher", action="store_true", help="train the teacher here first (about an hour on 2 CPU cores) "
+                                                                   "instead of using the committed one")
+    p.add_argument("--teacher-steps", type=_int_at_least(1), default=None, help="with --train-teacher: its steps (default: 6000)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("sweep", help="reproduce Table 1 for one dataset: teacher, MSE/joint students, regular GANs, metrics, report")
@@ -302,6 +331,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder (runs/, results.csv, report.md, ...)")
     p.add_argument("--jobs", type=_int_at_least(1), default=1, help="independent runs trained in parallel processes")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("limit", help="the compression limit: the smallest student depth keeping a fraction of the teacher's quality",
+                       description="Bisection over student depths, each distilled at every seed and evaluated; prints the "
+                                   "smallest depth whose 95% interval keeps --keep of the teacher's --metric.")
+    p.add_argument("--out", type=Path, required=True, help="students go to OUT/s<seed>/d<depth> (a sweep's runs/<method> folder is reused)")
+    p.add_argument("--config", type=Path, help="JSON file of distillation options (keys as in config.json); flags override it")
+    p.add_argument("--depths", type=_depths, default=list(range(1, 17)), metavar="D,D,...", help="candidate depths (default: 1 to 16)")
+    p.add_argument("--seeds", type=_int_at_least(2), default=3, help="seeds per depth, 0..N-1 (default: 3)")
+    p.add_argument("--metric", default="is", help="quality metric: is, fid, kid or cfid (default: is)")
+    p.add_argument("--keep", type=_float_in(0, 1, open_low=True), default=0.9, help="fraction of the teacher's quality to keep (default: 0.9)")
+    p.add_argument("--samples", type=_int_at_least(10), default=10_000, help="evaluation samples per model (default: 10000)")
+    _add_run_options(p, DISTILL_OPTIONS, {"method": ({"choices": ("mse", "joint")}, "mse")})
+    _add_run_options(p, [o for o in RUN_OPTIONS if o[0] not in ("out", "depth", "seed")], {})
+    p.set_defaults(func=cmd_limit)
 
     p = sub.add_parser("evaluate", help="quality and cost metrics of a generator (IS, FID, KID, fidelity, cost)")
     from gankd.metrics.evaluate import add_arguments

@@ -46,7 +46,7 @@ from gankd.models import Architecture, Critic, Generator, count_parameters
 from gankd.runtime import Runtime, check_precision, distributed_runtime, gather_rng, stop_flag, stop_requests
 
 SAMPLE_LATENT_SEED = 2_718_281  # fixed latents for the periodic sample grids
-PER_MEMBER = ("out", "depth", "critic_depth")  # what may differ between the students of one run
+PER_MEMBER = ("out", "depth", "critic_depth", "init")  # what may differ between the students of one run
 
 
 # --------------------------------------------------------------------------- set-up
@@ -96,7 +96,7 @@ def data_description(cfg: RunConfig) -> dict[str, Any] | None:
 
 def architectures(cfg: RunConfig) -> tuple[Architecture, Architecture]:
     arch = Architecture(cfg.depth, cfg.image_size, cfg.channels, cfg.latent_dim)
-    return arch, replace(arch, depth=cfg.critic_depth or cfg.depth)
+    return arch, replace(arch, depth=cfg.resolved_critic_depth)
 
 
 def objective(cfg: RunConfig) -> GeneratorObjective:
@@ -158,6 +158,8 @@ def build_member(cfg: RunConfig, rt: Runtime, memory_format: torch.memory_format
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank, and whichever students run together
     generator = Generator(arch).to(device)
     critic = Critic(critic_arch, batch_norm=cfg.loss == "dcgan").to(device) if cfg.adversarial else None
+    if cfg.init:
+        initialise(generator, cfg.init)
     generator.to(memory_format=memory_format)
     if critic is not None:
         critic.to(memory_format=memory_format)
@@ -167,12 +169,28 @@ def build_member(cfg: RunConfig, rt: Runtime, memory_format: torch.memory_format
     g_train: nn.Module = DistributedDataParallel(generator) if rt.world_size > 1 else generator
     d_train: nn.Module | None = DistributedDataParallel(critic) if critic is not None and rt.world_size > 1 else critic
     if cfg.compile:
+        if device.type == "cuda" and memory_format == torch.contiguous_format:
+            # Inductor's layout optimisation makes convolutions channels-last inside the compiled graph,
+            # and then expects channels-last strides for a contiguous buffer in a transposed
+            # convolution's backward (assert_size_stride in convolution_backward; torch 2.11, H100).
+            # Without it the compiled graph keeps the model's own layout.
+            from torch._inductor import config as inductor_config
+
+            inductor_config.layout_optimization = False
         g_train = torch.compile(g_train)
         # Not a WGAN-GP critic: its gradient penalty differentiates it twice (create_graph), which
         # compiled (AOTAutograd) graphs do not support.
         d_train = torch.compile(d_train) if d_train is not None and cfg.loss != "wgan-gp" else d_train
     plateau = Plateau(cfg.patience, cfg.min_delta, higher_is_better) if cfg.patience and higher_is_better is not None else None
     return Member(cfg, generator, critic, opt_g, opt_d, g_train, d_train, MetricsLog(Path(cfg.out) / "metrics.csv", enabled=rt.is_main), plateau)
+
+
+def initialise(generator: Generator, path: str) -> None:
+    """Copy the weights and BatchNorm statistics of the gankd generator in ``path`` (same architecture)."""
+    tensors, meta = ckpt.read_checkpoint(path)
+    if meta.get("arch") != generator.arch.to_dict():
+        raise GankdError(f"{path}: --init needs a generator of the run's architecture {generator.arch.to_dict()}, this one is {meta.get('arch')}")
+    ckpt.load_state(generator, ckpt.unprefixed("generator", tensors), path)
 
 
 # --------------------------------------------------------------------------- the loop

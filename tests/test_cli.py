@@ -12,7 +12,7 @@ from conftest import run_gankd
 from gankd.checkpoint import prefixed, save_checkpoint
 from gankd.models import Architecture, Generator
 
-COMMANDS = ["train", "distill", "sample", "info", "params", "evaluate", "sweep", "demo"]
+COMMANDS = ["train", "distill", "sample", "info", "params", "evaluate", "sweep", "limit", "demo"]
 
 
 def test_params_prints_the_paper_count() -> None:
@@ -111,3 +111,16 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert summary["fidelity_mse_trained_student"] < summary["fidelity_mse_untrained_student"]
     with Image.open(out / "teacher_vs_student.png") as image:
         assert image.format == "PNG" and image.width > 2 * 8 * 64
+
+
+def test_a_config_file_names_the_method_unless_a_flag_does(mnist_teacher: Path, tmp_path: Path) -> None:
+    """`distill --config` with "method": "joint" trains a joint student (the command's default, mse,
+    applies only when neither the file nor a flag names one)."""
+    config = tmp_path / "joint.json"
+    config.write_text(json.dumps({"method": "joint", "alpha": 0.3, "loss": "dcgan", "teacher": str(mnist_teacher), "depth": 2,
+                                  "steps": 2, "log_every": 1}))
+    run_gankd("distill", "--config", str(config), "--out", str(tmp_path / "j"))
+    saved = json.loads((tmp_path / "j" / "config.json").read_text())
+    assert saved["method"] == "joint" and "d_loss" in (tmp_path / "j" / "metrics.csv").read_text().splitlines()[0]
+    run_gankd("distill", "--config", str(config), "--method", "mse", "--out", str(tmp_path / "m"))
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["method"] == "mse"

@@ -1,28 +1,36 @@
-"""A tiny sweep end to end on real MNIST: every output file, resumption, failure and retry."""
+"""A tiny sweep end to end on real MNIST: seeds, recipes, every output file, resumption, failure
+and retry; the CI arithmetic; the compression-limit search."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats
 
 from conftest import run_gankd
 from gankd.errors import GankdError
-from gankd.experiments.sweep import load_spec
+from gankd.experiments.stats import Estimate, better, estimate, keeps, smallest_kept
+from gankd.experiments.sweep import Plan, load_spec
 
 TINY = {
     "name": "tiny",
-    "description": "two depths, a few steps",
+    "description": "two depths, two seeds, two regular recipes, a few steps",
     "data": {"dataset": "mnist", "image_size": 32},
     "common": {"batch_size": 16, "log_every": 5, "checkpoint_every": 5, "sample_every": 10},
+    "seeds": [0, 1],
     "teacher": {"depth": 8, "loss": "dcgan", "steps": 10},
     "depths": [2, 4],
-    "methods": {"mse": {"steps": 10}, "joint": {"alpha": 0.1, "loss": "dcgan", "steps": 5},
-                "regular": {"loss": "dcgan", "steps": 5}},
-    "evaluation": {"metrics": ["is", "cfid", "fidelity", "cost"], "samples": 200},
+    "methods": {"mse": {"steps": 12, "patience": 2, "eval_every": 4},
+                "joint": {"alpha": 0.3, "loss": "dcgan", "steps": 5},
+                "regular": {"recipes": {"dcgan-c8": {"loss": "dcgan", "critic_depth": 8, "steps": 5},
+                                        "dcgan-c4": {"loss": "dcgan", "critic_depth": 4, "steps": 5}}}},
+    "evaluation": {"metrics": ["is", "cfid", "fidelity"], "samples": 200},
 }
 
 
@@ -34,39 +42,75 @@ def write(path: Path, spec: dict) -> Path:
 def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "out"
     broken = json.loads(json.dumps(TINY))
-    broken["methods"]["regular"]["data"] = str(tmp_path / "no-such-mnist")
-    # first call: the regular GANs fail (their data is missing) and are reported
+    broken["methods"]["regular"]["recipes"]["dcgan-c4"]["data"] = str(tmp_path / "no-such-mnist")
+    # first call: one regular recipe fails (its data is missing) and is reported; the rest finish
     result = run_gankd("sweep", str(write(tmp_path / "broken.json", broken)), "--out", str(out), "--jobs", "2", check=False)
-    assert result.returncode == 1 and "regular-d2: failed" in result.stderr and "no-such-mnist" in result.stderr
+    assert result.returncode == 1 and "regular/dcgan-c4/s0: failed" in result.stderr and "no-such-mnist" in result.stderr
     status = json.loads((out / "status.json").read_text())
-    assert status["regular-d4"]["status"] == "failed" and status["mse-d4"]["status"] == "done"
-    assert "Runs that did not finish" in (out / "report.md").read_text()
-    mse_mtime = (out / "runs" / "mse-d2" / "generator.safetensors").stat().st_mtime
+    assert status["mse/s0"]["status"] == "done" and status["regular/dcgan-c8/s1"]["status"] == "done"
+    assert "did not finish" in (out / "report.md").read_text()
+    mse_mtime = (out / "runs" / "mse" / "s0" / "d2" / "generator.safetensors").stat().st_mtime
 
     # second call with the data fixed: finished runs are skipped, the failed ones retried
     run_gankd("sweep", str(write(tmp_path / "tiny.json", TINY)), "--out", str(out))
-    assert (out / "runs" / "mse-d2" / "generator.safetensors").stat().st_mtime == mse_mtime
-    assert all(v["status"] == "done" for v in json.loads((out / "status.json").read_text()).values())
+    assert (out / "runs" / "mse" / "s0" / "d2" / "generator.safetensors").stat().st_mtime == mse_mtime
+    status = json.loads((out / "status.json").read_text())
+    assert all(v["status"] == "done" for v in status.values()), status
 
     with (out / "results.csv").open() as f:
-        rows = {r["name"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"teacher", "mse-d2", "joint-d2", "regular-d2", "mse-d4", "joint-d4", "regular-d4"}
-    for name, row in rows.items():
+        rows = list(csv.DictReader(f))
+    keys = {(r["method"], r["recipe"], r["seed"], r["depth"]) for r in rows}
+    for method in ("mse", "joint"):
+        assert {(method, "", s, d) for s in "01" for d in "24"} <= keys
+    assert {("regular", r, "0", d) for r in ("dcgan-c8", "dcgan-c4") for d in "24"} <= keys
+    chosen = [r for r in rows if r["method"] == "regular" and r["seed"] == "1"]
+    assert len(chosen) == 2  # the other seed trains only the recipe chosen at each depth
+    for row in rows:
         assert 1 <= float(row["is"]) <= 10 and float(row["cfid"]) > 0 and int(row["samples"]) == 200
-        assert float(row["images_per_s_batch256"]) > 0 and int(row["steps"]) > 0
-        assert (row["fidelity_mse"] != "") == name.startswith(("mse", "joint"))
-    assert float(rows["mse-d2"]["ratio"]) == pytest.approx(int(rows["teacher"]["parameters"]) / int(rows["mse-d2"]["parameters"]))
-    assert len(json.loads((out / "results.json").read_text())) == 7
+        assert (row["fidelity_mse"] != "") == (row["method"] in ("mse", "joint"))
+    assert all(r["stopped"] for r in rows if r["method"] != "teacher")
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "mnist" and summary["teacher"]["metric"] == "is" and summary["teacher"]["params"] > 0
+    is_rows = {(r["method"], r["depth"]): r for r in summary["rows"] if r["metric"] == "is"}
+    assert set(is_rows) == {(m, d) for m in ("mse", "joint", "regular") for d in (2, 4)}
+    mse_values = [float(r["is"]) for r in rows if r["method"] == "mse" and r["depth"] == "2"]
+    expected = estimate(mse_values)
+    assert is_rows[("mse", 2)]["mean"] == pytest.approx(expected.mean) and is_rows[("mse", 2)]["ci95"] == pytest.approx(expected.ci95)
+    assert is_rows[("mse", 2)]["seeds"] == 2 and is_rows[("mse", 2)]["ratio"] == pytest.approx(summary["teacher"]["params"] / 13_487)
 
     table = (out / "table.md").read_text()
-    for label in ("| GAN size d | 2 | 4 |", "| Ratio |", "IS (Stu. (MSE))", "IS (Stu. (joint))", "IS (Reg.)", "cFID (Reg.)"):
+    for label in ("| GAN size d | 2 | 4 |", "| Ratio |", "IS (Stu. (MSE))", "IS (Stu. (joint))", "IS (Reg.)", "regular recipe", " ± "):
         assert label in table
     report = (out / "report.md").read_text()
-    for picture in ("plot_is.png", "plot_cfid.png", "plot_fidelity_mse.png", "figure11.png"):
+    for picture in ("plot_is.png", "plot_cfid.png", "figure11.png", "curves.png"):
         assert picture in report
         with Image.open(out / picture) as image:
             assert image.format == "PNG" and image.width > 100
-    assert "beats the regular GAN" in report or "does not beat the regular GAN" in report
+    assert "recipes tried" in report and "(chosen)" in report
+    assert "compression limit" in report
+
+
+def test_confidence_intervals_match_scipy() -> None:
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5, 10):
+        values = list(rng.normal(7.0, 0.3, n))
+        e = estimate(values)
+        low, high = stats.t.interval(0.95, n - 1, loc=np.mean(values), scale=stats.sem(values))
+        assert e.mean == pytest.approx(np.mean(values)) and e.low == pytest.approx(low) and e.high == pytest.approx(high)
+    assert estimate([3.0]).n == 1 and math.isnan(estimate([3.0]).ci95)
+
+
+def test_claims_need_intervals_that_do_not_overlap() -> None:
+    a, b = Estimate(7.0, 0.2, 3), Estimate(6.5, 0.2, 3)
+    assert better(a, b, True) and not better(b, a, True)
+    assert not better(Estimate(7.0, 0.3, 3), Estimate(6.5, 0.3, 3), True)  # overlap: no claim either way
+    assert better(Estimate(10.0, 1.0, 3), Estimate(20.0, 1.0, 3), False)  # FID: lower is better
+    assert not better(Estimate(9.0, math.nan, 1), Estimate(1.0, math.nan, 1), True)  # one seed claims nothing
+    assert keeps(Estimate(7.0, 0.1, 3), 7.5, 0.9, True) and not keeps(Estimate(7.0, 0.5, 3), 7.5, 0.9, True)
+    assert keeps(Estimate(10.5, 0.4, 3), 10.0, 0.9, False) and not keeps(Estimate(11.0, 0.4, 3), 10.0, 0.9, False)
+    by_depth = {16: Estimate(7.4, 0.1, 3), 8: Estimate(7.2, 0.1, 3), 4: Estimate(6.6, 0.1, 3), 2: Estimate(6.9, 0.1, 3)}
+    assert smallest_kept(by_depth, 7.5, 0.9, True) == 8  # d=2 keeps, but d=4 does not: the limit is where the run of keeping ends
 
 
 @pytest.mark.parametrize("change, message", [
@@ -74,21 +118,42 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     (lambda s: s["methods"].update(distill={}), "unknown method"),
     (lambda s: s["methods"]["mse"].update(stpes=3), "did you mean 'steps'"),
     (lambda s: s.update(depths=[0]), "positive integers"),
+    (lambda s: s.update(seeds=[1, 1]), "distinct"),
+    (lambda s: s["methods"].update(regular={"recipes": {}}), "recipes"),
 ])
 def test_bad_sweep_configs(tmp_path: Path, change, message: str) -> None:
-    from gankd.experiments.sweep import plan
-
     spec = json.loads(json.dumps(TINY))
     change(spec)
     with pytest.raises(GankdError, match=message):
-        plan(load_spec(write(tmp_path / "s.json", spec)), tmp_path)
+        Plan(load_spec(write(tmp_path / "s.json", spec)), tmp_path)
 
 
 def test_shipped_configs_are_valid(tmp_path: Path) -> None:
-    from gankd.experiments.sweep import plan
-
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
-    assert {c.stem for c in configs} >= {"mnist-cpu", "mnist-paper", "cifar10-paper", "celeba-paper"}
+    assert {c.stem for c in configs} >= {"mnist-paper", "cifar10-paper", "celeba-paper"}
     for config in configs:
-        jobs = plan(load_spec(config), tmp_path)
-        assert jobs[0].method == "teacher" and len(jobs) == 1 + 3 * len(load_spec(config)["depths"])
+        spec = load_spec(config)
+        plan = Plan(spec, tmp_path)
+        assert plan.teacher.method == "teacher" and len(plan.students) == len([m for m in spec["methods"] if m != "regular"]) * len(plan.seeds)
+
+
+def test_limit_bisects_depths_on_a_tiny_configuration(mnist_teacher: Path, tmp_path: Path) -> None:
+    """Depths 1..8 of a 200-step d=16 teacher: the answer is the smallest depth whose interval keeps
+    the fraction, found by bisection; the line states it with its interval, limit.json keeps every probe."""
+    out = tmp_path / "limit"
+    common = ["limit", "--teacher", str(mnist_teacher), "--out", str(out), "--depths", "1,2,3,4,5,6,7,8", "--seeds", "2", "--steps", "40",
+              "--batch-size", "16", "--samples", "300", "--log-every", "20", "--sample-every", "1000"]
+    line = run_gankd(*common, "--keep", "0.5").stdout.strip().splitlines()[-1]
+    result = json.loads((out / "limit.json").read_text())
+    probes = {p["depth"]: p for p in result["probes"]}
+    assert 8 in probes and len(probes) <= 5  # bisection: the largest, the smallest, then at most 3 of the 6 between
+    kept = sorted(d for d, p in probes.items() if p["kept"])
+    assert result["limit"] == (kept[0] if kept else None)
+    for d, p in probes.items():
+        assert p["kept"] == (p["mean"] - p["ci95"] >= 0.5 * result["teacher"]["value"])
+    if result["limit"] is not None:
+        assert f"d={result['limit']}" in line and "±" in line and "95% CI over 2 seeds" in line
+    # a second call reuses every student: nothing is trained again
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("s*/d*/generator.safetensors")}
+    run_gankd(*common, "--keep", "0.5")
+    assert {p: p.stat().st_mtime_ns for p in out.glob("s*/d*/generator.safetensors")} == stamps

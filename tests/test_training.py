@@ -166,3 +166,15 @@ def test_two_process_gloo_torchrun(mnist_teacher: Path, tmp_path: Path, command:
     assert meta["world_size"] == 2 and meta["step"] == 6
     assert {"rng.noise.0", "rng.noise.1"} <= set(tensors)
     assert float(rows(out)[0]["images_per_s"]) > 0
+
+
+def test_init_starts_from_another_generator(mnist_teacher: Path, tmp_path: Path) -> None:
+    student = train(RunConfig(out=str(tmp_path / "mse"), method="mse", teacher=str(mnist_teacher), depth=4, steps=5, log_every=5))
+    start = train(RunConfig(out=str(tmp_path / "joint"), method="joint", alpha=0.2, loss="dcgan", teacher=str(mnist_teacher), depth=4,
+                            steps=0, init=str(student / "generator.safetensors")))
+    a, _ = read_checkpoint(student / "generator.safetensors")
+    b, _ = read_checkpoint(start / "generator.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(GankdError, match="--init needs a generator of the run's architecture"):
+        train(RunConfig(out=str(tmp_path / "bad"), method="mse", teacher=str(mnist_teacher), depth=2, steps=1,
+                        init=str(student / "generator.safetensors")))

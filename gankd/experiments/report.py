@@ -1,11 +1,13 @@
-"""A sweep's evidence: results.csv/json, a Table-1-style Markdown table, plots, a Figure-11 grid
-and report.md tying them together, with the comparisons the paper makes spelled out from the
-numbers (does each student beat the regular GAN of its size? where does quality fall off?)."""
+"""A sweep's evidence: per-model results, a Table-1-style table of means with 95% confidence
+intervals over seeds, findings that claim only what the intervals support, plots with error bars,
+training curves, a Figure-11 grid, the regular-GAN recipe choice, ``summary.json`` and
+``report.md`` tying them together."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,116 +17,177 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gankd.checkpoint import load_generator  # noqa: E402
+from gankd.checkpoint import load_generator, read_checkpoint  # noqa: E402
+from gankd.experiments.jobs import QUALITY, Model, columns_of, metric_value  # noqa: E402
+from gankd.experiments.stats import Estimate, better, estimate, keeps, smallest_kept  # noqa: E402
 from gankd.files import atomic_write_bytes  # noqa: E402
 from gankd.imaging import save_comparison  # noqa: E402
 from gankd.sampling import images_from  # noqa: E402
 
 if TYPE_CHECKING:
-    from gankd.experiments.sweep import Job
+    from gankd.experiments.sweep import Plan
 
-# metric column -> (label, higher is better)
-QUALITY = {"is": ("IS", True), "fid": ("FID", False), "kid": ("KID", False), "cfid": ("cFID", False),
-           "fidelity_mse": ("fidelity MSE", False)}
 METHOD_LABELS = {"mse": "Stu. (MSE)", "joint": "Stu. (joint)", "regular": "Reg."}
+COLORS = {"mse": "tab:blue", "joint": "tab:orange", "regular": "tab:green"}
 FIGURE_LATENTS, FIGURE_SEED = 12, 11
+CHANCE_IS = 1.5  # below this an MNIST generator's IS says little more than "not digits"
 
 
-def result_row(job: "Job") -> dict[str, Any]:
-    metrics = job.evaluation.get("metrics", {})
-    cost = metrics.get("cost", {})
-    meta = load_generator(job.checkpoint)[1] if job.status == "done" else {}
+# --------------------------------------------------------------------------- per model
+
+
+def last_logged(run_dir: Path, column: str) -> float | None:
+    """The last value of ``column`` in a run's metrics.csv (e.g. the critic's final loss)."""
+    try:
+        with (run_dir / "metrics.csv").open(newline="") as f:
+            values = [row[column] for row in csv.DictReader(f) if row.get(column)]
+    except OSError:
+        return None
+    return float(values[-1]) if values else None
+
+
+def model_row(model: Model, columns: list[str]) -> dict[str, Any]:
+    cost = model.evaluation.get("metrics", {}).get("cost", {})
+    meta = read_checkpoint(model.checkpoint)[1] if model.status == "done" else {}
     return {
-        "name": job.name, "method": job.method, "depth": job.depth, "status": job.status,
-        "parameters": cost.get("parameters", meta.get("parameters")),
-        "ratio": cost.get("compression_ratio"),
-        "is": metrics.get("is", {}).get("mean"), "is_std": metrics.get("is", {}).get("std"),
-        "fid": metrics.get("fid", {}).get("value"), "cfid": metrics.get("cfid", {}).get("value"),
-        "kid": metrics.get("kid", {}).get("mean"),
-        "fidelity_mse": metrics.get("fidelity", {}).get("mse"), "fidelity_psnr": metrics.get("fidelity", {}).get("psnr"),
-        "multiply_adds": cost.get("multiply_adds"), "checkpoint_bytes": cost.get("checkpoint_bytes"),
-        "latency_ms_batch1": cost.get("latency_ms_batch1"), "images_per_s_batch256": cost.get("images_per_s_batch256"),
-        "steps": meta.get("step"), "train_time_s": meta.get("elapsed_s"),
-        "samples": job.evaluation.get("samples"),
+        "method": model.method, "recipe": model.recipe, "seed": model.seed, "depth": model.depth, "status": model.status,
+        "parameters": cost.get("parameters", meta.get("parameters")), "ratio": cost.get("compression_ratio"),
+        **{c: metric_value(model.evaluation, c) for c in columns},
+        "steps": meta.get("step"), "stopped": meta.get("stopped"), "train_time_s": meta.get("elapsed_s"),
+        "critic_loss_final": last_logged(model.run_dir, "d_loss"),
+        "samples": model.evaluation.get("samples"), "checkpoint": str(model.checkpoint),
     }
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def cells(plan: "Plan", rows: list[dict[str, Any]], columns: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
+    """(method, depth) -> {column: Estimate over seeds, "parameters", "steps", "recipe"}. Regular
+    GANs count only with the recipe chosen at that depth."""
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for method in METHOD_LABELS:
+        for depth in plan.depths:
+            chosen = [r for r in rows if r["method"] == method and r["depth"] == depth and r["status"] == "done"
+                      and (method != "regular" or r["recipe"] == plan.choice.get(depth))]
+            if not chosen:
+                continue
+            cell: dict[str, Any] = {"parameters": chosen[0]["parameters"], "recipe": chosen[0]["recipe"],
+                                    "steps": estimate([r["steps"] for r in chosen]), "seeds": len(chosen)}
+            for column in columns:
+                values = [r[column] for r in chosen if r[column] is not None]
+                if values:
+                    cell[column] = estimate(values)
+            out[(method, depth)] = cell
+    return out
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "—"
+    if isinstance(value, Estimate):
+        if value.n < 2 or math.isnan(value.ci95):
+            return _fmt(value.mean, digits)
+        return f"{_fmt(value.mean, digits)} ± {_fmt(value.ci95, 2)}"
     if isinstance(value, float):
         return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def paper_table(rows: list[dict[str, Any]], metrics: list[str]) -> str:
-    """Laid out like the paper's Table 1: one column per depth, rows Ratio and metric per method."""
-    teacher = next(r for r in rows if r["method"] == "teacher")
-    depths = sorted({r["depth"] for r in rows if r["method"] != "teacher"})
-    by_key = {(r["method"], r["depth"]): r for r in rows}
+def paper_table(plan: "Plan", teacher: dict[str, Any], agg: dict, columns: list[str]) -> str:
+    """Laid out like the paper's Table 1: one column per depth; mean ± 95% CI over seeds."""
+    depths = plan.depths
     lines = [f"| GAN size d | {' | '.join(str(d) for d in depths)} |", "|---|" + "---|" * len(depths)]
 
-    def line(label: str, cells: list[str]) -> None:
-        lines.append(f"| {label} | {' | '.join(cells)} |")
+    def line(label: str, values: list[str]) -> None:
+        lines.append(f"| {label} | {' | '.join(values)} |")
 
-    def cell(method: str, depth: int, column: str) -> str:
-        return _fmt(by_key.get((method, depth), {}).get(column))
-
-    params = {d: next((by_key[(m, d)]["parameters"] for m in METHOD_LABELS if (m, d) in by_key), None) for d in depths}
+    params = {d: next((agg[(m, d)]["parameters"] for m in METHOD_LABELS if (m, d) in agg), None) for d in depths}
     line("parameters", [_fmt(params[d]) for d in depths])
-    line("Ratio", [f"{teacher['parameters'] / params[d]:.0f}:1" if params[d] and teacher["parameters"] else "—" for d in depths])
-    for metric in metrics:
-        label = QUALITY[metric][0]
-        for method in ("mse", "joint", "regular"):
-            if any((method, d) in by_key for d in depths) and not (metric == "fidelity_mse" and method == "regular"):
-                line(f"{label} ({METHOD_LABELS[method]})", [cell(method, d, metric) for d in depths])
-    header = (f"Teacher: d={teacher['depth']}, {_fmt(teacher['parameters'])} parameters"
-              + "".join(f", {QUALITY[m][0]} {_fmt(teacher.get(m))}" for m in metrics if m != "fidelity_mse" and teacher.get(m) is not None))
+    line("Ratio", [f"{teacher['parameters'] / params[d]:.0f}:1" if params[d] and teacher.get("parameters") else "—" for d in depths])
+    for column in columns:
+        for method in METHOD_LABELS:
+            if method == "regular" and column == "fidelity_mse":
+                continue
+            if any((method, d) in agg for d in depths):
+                line(f"{QUALITY[column].label} ({METHOD_LABELS[method]})", [_fmt(agg.get((method, d), {}).get(column)) for d in depths])
+    for method in METHOD_LABELS:
+        if any((method, d) in agg for d in depths):
+            line(f"steps ({METHOD_LABELS[method]})", [_fmt(agg[(method, d)]["steps"].mean, 3) if (method, d) in agg else "—" for d in depths])
+    if "regular" in {m for m, _ in agg}:
+        line("regular recipe", [plan.choice.get(d, "—") for d in depths])
+    seeds = sorted({agg[k]["seeds"] for k in agg})
+    header = (f"Teacher: d={teacher['depth']}, {_fmt(teacher.get('parameters'))} parameters"
+              + "".join(f", {QUALITY[c].label} {_fmt(teacher.get(c))}" for c in columns if c != "fidelity_mse" and teacher.get(c) is not None)
+              + f". Cells: mean ± 95% CI (Student t) over {'/'.join(map(str, seeds))} seeds.")
     return header + "\n\n" + "\n".join(lines) + "\n"
 
 
-def findings(rows: list[dict[str, Any]], metric: str) -> list[str]:
-    """The paper's two claims, checked on this sweep's numbers."""
-    label, higher = QUALITY[metric]
-    better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
-    teacher = next(r for r in rows if r["method"] == "teacher").get(metric)
-    by_key = {(r["method"], r["depth"]): r.get(metric) for r in rows}
-    depths = sorted({r["depth"] for r in rows if r["method"] != "teacher"}, reverse=True)
+# --------------------------------------------------------------------------- findings
+
+
+def findings(plan: "Plan", teacher: dict[str, Any], agg: dict, column: str, keep: float) -> list[str]:
+    """The paper's claims, checked on this sweep's numbers; a claim needs non-overlapping intervals."""
+    col = QUALITY[column]
+    higher = col.higher_is_better
+    depths = sorted(plan.depths, reverse=True)
     out = []
+
+    def verdict(a: Estimate, b: Estimate) -> str:
+        if column == "is" and a.high < CHANCE_IS and b.high < CHANCE_IS:
+            return "both near chance"
+        if better(a, b, higher):
+            return "beats"
+        if better(b, a, higher):
+            return "is worse than"
+        return "ties (intervals overlap)"
+
     for method in ("mse", "joint"):
-        verdicts = []
-        for d in depths:
-            s, g = by_key.get((method, d)), by_key.get(("regular", d))
-            if s is not None and g is not None:
-                verdicts.append(f"d={d}: {'beats' if better(s, g) else 'does not beat'} the regular GAN ({_fmt(s)} vs {_fmt(g)})")
-        if verdicts:
-            out.append(f"- {METHOD_LABELS[method]} student, {label}: " + "; ".join(verdicts) + ".")
-        if teacher is not None:
-            kept = [d for d in depths if by_key.get((method, d)) is not None
-                    and (by_key[(method, d)] >= 0.9 * teacher if higher else by_key[(method, d)] <= 1.1 * teacher + 1e-9)]
-            lost = [d for d in depths if by_key.get((method, d)) is not None and d not in kept]
-            if kept or lost:
-                out.append(f"- {METHOD_LABELS[method]} student within 10% of the teacher's {label} ({_fmt(teacher)}) at "
-                           f"d = {', '.join(map(str, kept)) or 'none'}; falls off at d = {', '.join(map(str, lost)) or 'none'}.")
+        parts = [f"d={d}: {verdict(agg[(method, d)][column], agg[('regular', d)][column])} ({agg[(method, d)][column]} vs "
+                 f"{agg[('regular', d)][column]})" for d in depths if column in agg.get((method, d), {}) and column in agg.get(("regular", d), {})]
+        if parts:
+            out.append(f"- {METHOD_LABELS[method]} against the regular GAN of its size, {col.label}: " + "; ".join(parts) + ".")
+    parts = [f"d={d}: {verdict(agg[('joint', d)][column], agg[('mse', d)][column])} ({agg[('joint', d)][column]} vs {agg[('mse', d)][column]})"
+             for d in depths if column in agg.get(("joint", d), {}) and column in agg.get(("mse", d), {})]
+    if parts:
+        out.append(f"- Joint against MSE students, {col.label}: " + "; ".join(parts) + ".")
+    reference = teacher.get(column)
+    if reference is not None:
+        bound = f"≥ {keep:.0%} of" if higher else f"≤ 1/{keep:g} ×"
+        for method in METHOD_LABELS:
+            by_depth = {d: agg[(method, d)][column] for d in depths if column in agg.get((method, d), {})}
+            if not by_depth:
+                continue
+            kept = [d for d in depths if d in by_depth and keeps(by_depth[d], reference, keep, higher)]
+            limit = smallest_kept(by_depth, reference, keep, higher)
+            ratio = f" ({teacher['parameters'] / agg[(method, limit)]['parameters']:.0f}:1)" if limit is not None else ""
+            out.append(f"- {METHOD_LABELS[method]}: the whole interval keeps {bound} the teacher's {col.label} ({_fmt(reference)}) at "
+                       f"d = {', '.join(map(str, kept)) or 'none'}; compression limit (smallest d of the table that keeps it, with "
+                       f"every larger d keeping it too): {f'd={limit}' if limit is not None else 'none'}{ratio}.")
     return out
 
 
-def plot_metric(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
-    label, higher = QUALITY[metric]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in ("mse", "joint", "regular"):
-        points = sorted((r["ratio"], r[metric]) for r in rows if r["method"] == method and r.get(metric) is not None and r.get("ratio"))
+# --------------------------------------------------------------------------- pictures
+
+
+def plot_metric(plan: "Plan", teacher: dict[str, Any], agg: dict, column: str, path: Path) -> None:
+    col = QUALITY[column]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method in METHOD_LABELS:
+        points = sorted((teacher["parameters"] / agg[(method, d)]["parameters"], agg[(method, d)][column])
+                        for d in plan.depths if column in agg.get((method, d), {}))
         if points:
-            ax.plot(*zip(*points), marker="o", label=METHOD_LABELS[method])
-    teacher = next(r for r in rows if r["method"] == "teacher").get(metric)
-    if teacher is not None:
-        ax.axhline(teacher, color="black", linestyle="--", label="teacher")
+            ratios, ests = zip(*points)
+            errors = [0 if math.isnan(e.ci95) else e.ci95 for e in ests]
+            ax.errorbar(ratios, [e.mean for e in ests], yerr=errors, marker="o", capsize=4, label=METHOD_LABELS[method], color=COLORS[method])
+    if teacher.get(column) is not None:
+        ax.axhline(teacher[column], color="black", linestyle="--", label="teacher")
     ax.set_xscale("log")
-    ticks = sorted({(r["ratio"], r["depth"]) for r in rows if r["method"] != "teacher" and r.get("ratio")})
+    ticks = sorted({(teacher["parameters"] / agg[k]["parameters"], k[1]) for k in agg})
     ax.set_xticks([t for t, _ in ticks], [f"{t:.0f}:1\nd={d}" for t, d in ticks])
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("compression ratio (teacher / model parameters)")
-    ax.set_ylabel(f"{label} ({'higher' if higher else 'lower'} is better)")
+    ax.set_ylabel(f"{col.label} ({'higher' if col.higher_is_better else 'lower'} is better); mean ± 95% CI")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -132,52 +195,139 @@ def plot_metric(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     plt.close(fig)
 
 
-def figure11(jobs: list["Job"], path: Path) -> None:
-    """The same latents through the teacher and the MSE and joint students at each depth."""
-    done = {(j.method, j.depth): j for j in jobs if j.status == "done"}
-    teacher = next(j for j in jobs if j.method == "teacher")
+def plot_curves(plan: "Plan", models: list[Model], path: Path) -> bool:
+    """The monitor each model watched (val_* in metrics.csv) against the step, one panel per depth."""
+    fig, axes = plt.subplots(1, len(plan.depths), figsize=(4 * len(plan.depths), 3.4), squeeze=False)
+    drawn = False
+    for ax, depth in zip(axes[0], sorted(plan.depths)):
+        for model in models:
+            if model.depth != depth or model.method == "teacher" or (model.method == "regular" and model.recipe != plan.choice.get(depth)):
+                continue
+            try:
+                with (model.run_dir / "metrics.csv").open(newline="") as f:
+                    rows = list(csv.DictReader(f))
+            except OSError:
+                continue
+            column = next((c for c in (rows[0] if rows else {}) if c.startswith("val_")), None)
+            points = [(int(r["step"]), float(r[column])) for r in rows if column and r.get(column)]
+            if points:
+                ax.plot(*zip(*points), color=COLORS[model.method], alpha=0.8, lw=1,
+                        label=f"{METHOD_LABELS[model.method]} ({column[4:]})" if model.seed == plan.seeds[0] else None)
+                drawn = True
+        ax.set_title(f"d={depth}")
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def figure11(plan: "Plan", models: list[Model], path: Path) -> bool:
+    """The same latents through the teacher and the MSE and joint students of the first seed, from
+    the largest to the smallest depth (cf. the paper's Figure 11)."""
+    teacher = plan.teacher.models[0]
     if teacher.status != "done":
-        return
-    order = [teacher] + [done[(m, d)] for m in ("mse", "joint") for d in sorted({j.depth for j in jobs[1:]}, reverse=True) if (m, d) in done]
-    panels = []
+        return False
+    done = {(m.method, m.depth): m for m in models if m.status == "done" and m.seed == plan.seeds[0] and m.method in ("mse", "joint")}
+    order = [teacher] + [done[(method, d)] for method in ("mse", "joint") for d in sorted(plan.depths, reverse=True) if (method, d) in done]
     latent_dim = load_generator(teacher.checkpoint)[1]["arch"]["latent_dim"]
-    for job in order:
-        generator, meta = load_generator(job.checkpoint)
-        caption = "teacher" if job.method == "teacher" else f"{job.method} d={job.depth}"
+    panels = []
+    for model in order:
+        generator, meta = load_generator(model.checkpoint)
+        caption = "teacher" if model.method == "teacher" else f"{model.method} d={model.depth}"
         panels.append((caption, images_from(generator, FIGURE_LATENTS, latent_dim, FIGURE_SEED, "cpu")))
-    scale = max(1, 64 // meta["arch"]["image_size"])
-    save_comparison(panels, path, nrow=2, scale=scale)
+    save_comparison(panels, path, nrow=2, scale=max(1, 64 // meta["arch"]["image_size"]))
+    return True
 
 
-def write_report(spec: dict[str, Any], jobs: list["Job"], out: Path, settings: dict[str, Any]) -> None:
-    rows = [result_row(j) for j in jobs]
+# --------------------------------------------------------------------------- the report
+
+
+def summary(dataset: str, teacher: dict[str, Any], agg: dict, columns: list[str], primary: str) -> dict[str, Any]:
+    """The machine-readable result: one row per method x depth x metric."""
+    rows = []
+    for (method, depth), cell in sorted(agg.items()):
+        for column in columns:
+            if column in cell:
+                e: Estimate = cell[column]
+                rows.append({"method": method, "depth": depth, "params": cell["parameters"],
+                             "ratio": teacher["parameters"] / cell["parameters"], "metric": column, "mean": e.mean,
+                             "ci95": None if math.isnan(e.ci95) else e.ci95, "seeds": e.n,
+                             **({"recipe": cell["recipe"]} if method == "regular" else {})})
+    return {"dataset": dataset,
+            "teacher": {"params": teacher["parameters"], "metric": primary, "value": teacher.get(primary),
+                        "metrics": {c: teacher[c] for c in columns if teacher.get(c) is not None}},
+            "rows": rows}
+
+
+def recipe_table(plan: "Plan", rows: list[dict[str, Any]], primary: str) -> list[str]:
+    if len(plan.recipes) < 2:
+        return []
+    first = plan.seeds[0]
+    lines = [f"| recipe (seed {first}) | " + " | ".join(f"d={d}" for d in plan.depths) + " |", "|---|" + "---|" * len(plan.depths)]
+    for name in plan.recipes:
+        values = []
+        for d in plan.depths:
+            row = next((r for r in rows if r["method"] == "regular" and r["recipe"] == name and r["depth"] == d and r["seed"] == first), None)
+            if row is None or row[primary] is None:
+                values.append("—")
+                continue
+            mark = " **(chosen)**" if plan.choice.get(d) == name else ""
+            values.append(f"{_fmt(row[primary])}, critic loss {_fmt(row['critic_loss_final'])}, {row['steps']} steps{mark}")
+        lines.append(f"| {name}: `{json.dumps(plan.recipes[name])}` | " + " | ".join(values) + " |")
+    return ["## Regular GANs: recipes tried (first seed), the best one per depth trained at every seed", "",
+            f"Chosen by {QUALITY[primary].label} at seed {first}; the critic loss is the last logged value.", "", *lines, ""]
+
+
+def write_report(plan: "Plan", settings: dict[str, Any]) -> None:
+    out = plan.out
+    models = [m for job in plan.jobs for m in job.models]
+    columns = columns_of(settings["metrics"])
+    rows = [model_row(m, columns) for m in models]
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     atomic_write_bytes(out / "results.json", (json.dumps(rows, indent=2) + "\n").encode())
-    quality = [m for m in QUALITY if any(r.get(m) is not None for r in rows)]
-    table = paper_table(rows, quality)
+    teacher = next(r for r in rows if r["method"] == "teacher")
+    agg = cells(plan, rows, columns)
+    table = paper_table(plan, teacher, agg, columns)
     (out / "table.md").write_text(table)
+    dataset = plan.spec["data"].get("dataset", "mnist")
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary(dataset, teacher, agg, columns, settings["primary"]), indent=2) + "\n").encode())
     plots = []
-    for metric in quality:
-        plot_metric(rows, metric, out / f"plot_{metric}.png")
-        plots.append(f"![{QUALITY[metric][0]} against compression ratio](plot_{metric}.png)")
-    figure11(jobs, out / "figure11.png")
-    failed = [f"- `{j.name}`: {j.status} — {j.error}" for j in jobs if j.status != "done"]
+    for column in columns:
+        if any(column in cell for cell in agg.values()):
+            plot_metric(plan, teacher, agg, column, out / f"plot_{column}.png")
+            plots.append(f"![{QUALITY[column].label} against compression ratio](plot_{column}.png)")
+    curves = plot_curves(plan, models, out / "curves.png")
+    grid = figure11(plan, models, out / "figure11.png")
+    failed = [f"- `{job.name}`: {job.status} — {job.error}" for job in plan.jobs if job.status != "done"]
+    keep = settings["keep"]
     report = [
-        f"# Sweep `{spec.get('name', out.name)}`", "",
-        spec.get("description", ""), "",
-        f"Evaluation: {', '.join(settings['metrics'])} on {settings['samples']} samples (seed {settings['seed']}); "
-        "the same for every model. Full figures: `results.csv`, `results.json`.", "",
+        f"# Sweep `{plan.spec.get('name', out.name)}`", "",
+        plan.spec.get("description", ""), "",
+        f"Evaluation: {', '.join(settings['metrics'])} on {settings['samples']:,} samples (seed {settings['seed']}), the same for "
+        f"every model; seeds {plan.seeds}. Each model is its final checkpoint (never a best-of). Per-model figures: "
+        "`results.csv`, `results.json`; machine-readable summary: `summary.json`.", "",
         "## Table (layout of the paper's Table 1)", "", table,
         "## Findings (computed from the numbers above)", "",
-        *[line for metric in quality if metric != "fidelity_mse" for line in findings(rows, metric)], "",
+        "A claim needs the 95% intervals not to overlap; \"keeps\" needs the whole interval within the bound.", "",
+        *[line for column in columns if column != "fidelity_mse" for line in findings(plan, teacher, agg, column, keep)], "",
         "## Plots", "", *plots, "",
-        "## Same latents, teacher and students (cf. the paper's Figure 11)", "",
-        "Left to right: teacher, MSE students from largest to smallest d, then joint students.", "",
-        "![teacher and students](figure11.png)", "",
     ]
+    if curves:
+        report += ["## Training curves", "", "The held-out quantity each model watched while training (its stopping rule's "
+                   "monitor), every seed; the runs stop where the curve flattens.", "", "![training curves](curves.png)", ""]
+    if grid:
+        report += ["## Same latents, teacher and students (cf. the paper's Figure 11)", "",
+                   f"Seed {plan.seeds[0]}. Left to right: teacher, MSE students from the largest to the smallest d, then joint students.",
+                   "", "![teacher and students](figure11.png)", ""]
+    report += recipe_table(plan, rows, settings["primary"])
     if failed:
-        report += ["## Runs that did not finish (run the sweep again to retry)", "", *failed, ""]
+        report += ["## Jobs that did not finish (run the sweep again to retry)", "", *failed, ""]
     (out / "report.md").write_text("\n".join(report))

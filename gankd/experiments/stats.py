@@ -58,3 +58,14 @@ def keeps(a: Estimate, reference: float, fraction: float, higher_is_better: bool
     if a.n < 2:
         return False
     return a.low >= fraction * reference if higher_is_better else a.high <= reference / fraction
+
+
+def smallest_kept(by_depth: dict[int, Estimate], reference: float, fraction: float, higher_is_better: bool) -> int | None:
+    """The compression limit on a grid of depths: the smallest depth that keeps ``fraction`` of the
+    reference with every larger depth of the grid keeping it too; None if the largest does not."""
+    limit = None
+    for depth in sorted(by_depth, reverse=True):
+        if not keeps(by_depth[depth], reference, fraction, higher_is_better):
+            break
+        limit = depth
+    return limit

@@ -1,52 +1,40 @@
-"""`gankd sweep`: the paper's Table 1 protocol for one dataset, resumable, in parallel processes.
+"""`gankd sweep`: the paper's Table 1 protocol for one dataset, over seeds, resumable, in parallel.
 
 A sweep config (JSON) names the data, a teacher (trained here, or an existing checkpoint), the
-student depths, and the settings of the three ways of getting a small generator:
+depths, the seeds, and the settings of the three ways of getting a small generator:
 
-    mse      student distilled by pixel MSE            (gankd distill --method mse)
-    joint    student distilled by (1-a) MSE + a adv    (gankd distill --method joint)
-    regular  GAN of the student's size from scratch    (gankd train)
+    mse      students distilled by pixel MSE              (gankd distill --method mse)
+    joint    students distilled by MSE + adversarial      (gankd distill --method joint)
+    regular  GANs of the students' sizes from scratch     (gankd train)
 
-Every run is an ordinary gankd run folder under ``OUT/runs/<name>``, launched as a ``gankd``
-subprocess with ``--resume``: finished runs are skipped, interrupted ones continue from their
-last checkpoint, failed ones are reported and tried again on the next call. Then every model,
-the teacher included, is evaluated with the same metrics and sample counts (cached per run in
-``eval.json``) and the report is written (see :mod:`gankd.experiments.report`).
+The students of one method and seed train together in one teacher pass. ``regular`` may list
+several recipes (critic size and loss, ...): each is trained at the first seed, the best one at
+each depth (by the primary metric) is trained at the other seeds, and the report says which was
+chosen and why, so "the student beats the regular GAN" is won against the best recipe tried.
+Then every model is evaluated with the same metrics, samples and seed (cached per model) and the
+report is written (:mod:`gankd.experiments.report`). Running the same command again resumes.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from gankd.checkpoint import load_generator, read_checkpoint
-from gankd.config import RunConfig
+from gankd.checkpoint import load_generator
 from gankd.errors import GankdError
+from gankd.experiments.jobs import (EVALUATION_DEFAULTS, QUALITY, Job, Model, columns_of, evaluate_model, make_job, metric_value,
+                                    refresh, run_job)
 from gankd.files import atomic_write_bytes
+from gankd.runtime import resolve_device
 
 METHODS = ("mse", "joint", "regular")
-SPEC_KEYS = {"name", "description", "data", "common", "teacher", "depths", "methods", "evaluation"}
-EVALUATION_DEFAULTS = {"metrics": ["is", "cfid", "fidelity", "cost"], "samples": 5000, "seed": 0, "device": "auto"}
-
-
-@dataclass
-class Job:
-    name: str  # run folder name, e.g. "mse-d4"
-    method: str  # teacher | mse | joint | regular
-    depth: int
-    config: RunConfig | None  # None: an existing teacher checkpoint, nothing to train
-    checkpoint: Path  # the generator this job delivers
-    status: str = "pending"
-    error: str = ""
-    evaluation: dict[str, Any] = field(default_factory=dict)
+SPEC_KEYS = {"name", "description", "data", "common", "seeds", "teacher", "depths", "methods", "evaluation", "keep"}
+EVALUATION_KEYS = set(EVALUATION_DEFAULTS) | {"primary"}
 
 
 def load_spec(path: Path) -> dict[str, Any]:
@@ -56,6 +44,8 @@ def load_spec(path: Path) -> dict[str, Any]:
         raise GankdError(f"{path}: no such sweep config") from None
     except json.JSONDecodeError as exc:
         raise GankdError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(spec, dict):
+        raise GankdError(f"{path}: a sweep config is a JSON object")
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
         raise GankdError(f"{path}: unknown key(s) {unknown}; a sweep config has {sorted(SPEC_KEYS)}")
@@ -67,135 +57,177 @@ def load_spec(path: Path) -> dict[str, Any]:
         raise GankdError(f"{path}: unknown method(s) {bad_methods}; choose from {list(METHODS)}")
     if not spec["depths"] or not all(isinstance(d, int) and d >= 1 for d in spec["depths"]):
         raise GankdError(f"{path}: depths must be a non-empty list of positive integers")
-    unknown_eval = sorted(set(spec.get("evaluation", {})) - set(EVALUATION_DEFAULTS))
+    seeds = spec.get("seeds", [0])
+    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise GankdError(f"{path}: seeds must be a non-empty list of distinct non-negative integers")
+    unknown_eval = sorted(set(spec.get("evaluation", {})) - EVALUATION_KEYS)
     if unknown_eval:
-        raise GankdError(f"{path}: unknown evaluation key(s) {unknown_eval}; known: {sorted(EVALUATION_DEFAULTS)}")
+        raise GankdError(f"{path}: unknown evaluation key(s) {unknown_eval}; known: {sorted(EVALUATION_KEYS)}")
     return spec
 
 
-def plan(spec: dict[str, Any], out: Path, source: str = "sweep config") -> list[Job]:
-    """The teacher job first, then one job per (depth, method); RunConfigs validated up front."""
-    runs = out / "runs"
-    base = {**spec["data"], **spec.get("common", {})}
-
-    def config(name: str, overrides: dict[str, Any]) -> RunConfig:
-        return RunConfig.from_dict({**base, **overrides, "out": str(runs / name)}, f"{source} ({name})")
-
-    teacher_spec = dict(spec["teacher"])
-    if "checkpoint" in teacher_spec:
-        path = Path(teacher_spec.pop("checkpoint"))
-        if teacher_spec:
-            raise GankdError(f"{source}: a teacher given by 'checkpoint' takes no other keys, got {sorted(teacher_spec)}")
-        _, meta = load_generator(path)
-        teacher = Job("teacher", "teacher", meta["arch"]["depth"] or 0, None, path, status="done")
-    else:
-        cfg = config("teacher", {**teacher_spec, "method": "gan"})
-        teacher = Job("teacher", "teacher", cfg.depth, cfg, runs / "teacher" / "generator.safetensors")
-    jobs = [teacher]
-    for depth in spec["depths"]:
-        for method, settings in spec["methods"].items():
-            name = f"{method}-d{depth}"
-            if method == "regular":
-                overrides = {**settings, "method": "gan", "depth": depth}
-            else:
-                overrides = {**settings, "method": method, "depth": depth, "teacher": str(teacher.checkpoint)}
-            jobs.append(Job(name, method, depth, config(name, overrides), runs / name / "generator.safetensors"))
-    return jobs
+def evaluation_settings(spec: dict[str, Any]) -> dict[str, Any]:
+    settings = {**EVALUATION_DEFAULTS, **spec.get("evaluation", {})}
+    quality = [c for c in columns_of(settings["metrics"]) if c != "fidelity_mse"]
+    if not quality:
+        raise GankdError(f"evaluation metrics {settings['metrics']} hold no quality metric (is, fid, kid, cfid)")
+    settings.setdefault("primary", quality[0])
+    if settings["primary"] not in quality:
+        raise GankdError(f"evaluation: primary metric {settings['primary']!r} is not among those evaluated: {quality}")
+    settings["keep"] = spec.get("keep", 0.9)
+    return settings
 
 
-def is_finished(job: Job) -> bool:
-    if job.config is None:
-        return True
-    if not job.checkpoint.exists():
-        return False
-    try:
-        return read_checkpoint(job.checkpoint)[1].get("step") == job.config.steps
-    except GankdError:
-        return False
+def recipes(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The regular-GAN recipes by name: ``{"recipes": {name: settings}}``, or one unnamed recipe."""
+    regular = spec["methods"].get("regular")
+    if regular is None:
+        return {}
+    if "recipes" in regular:
+        if set(regular) != {"recipes"} or not regular["recipes"]:
+            raise GankdError("methods.regular: give either one recipe's settings or {\"recipes\": {name: settings, ...}}")
+        return dict(regular["recipes"])
+    return {"default": regular}
 
 
-def run_job(job: Job, threads: int) -> None:
-    """Train (or resume) one run in a gankd subprocess; its output goes to <run>/train.log."""
-    assert job.config is not None
-    run_dir = Path(job.config.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir.parent / f"{job.name}.json"
-    job.config.save(config_path)
-    command = "train" if job.method in ("teacher", "regular") else "distill"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    with (run_dir / "train.log").open("a") as log:
-        result = subprocess.run([sys.executable, "-m", "gankd.cli", command, "--config", str(config_path), "--out", str(run_dir), "--resume"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
-    if result.returncode == 0 and is_finished(job):
-        job.status = "done"
-    else:
-        lines = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()
-        job.status, job.error = "failed", (lines[-1] if lines else f"exit code {result.returncode}")
+class Plan:
+    """The sweep's jobs: the teacher, one job per (method, seed), and the regular GANs' jobs."""
+
+    def __init__(self, spec: dict[str, Any], out: Path, source: str = "sweep config"):
+        self.spec, self.out, self.source = spec, out, source
+        self.runs = out / "runs"
+        self.base = {**spec["data"], **spec.get("common", {})}
+        self.seeds: list[int] = spec.get("seeds", [0])
+        self.depths: list[int] = spec["depths"]
+        self.teacher = self._teacher_job()
+        self.students = [self._job(method, seed, self.depths) for method in ("mse", "joint") if method in spec["methods"]
+                         for seed in self.seeds]
+        self.recipes = recipes(spec)
+        # the first seed of every recipe; the other seeds follow the choice (choose_recipes)
+        self.regular = [self._job("regular", self.seeds[0], self.depths, name) for name in self.recipes]
+        self.choice: dict[int, str] = {d: next(iter(self.recipes)) for d in self.depths} if len(self.recipes) == 1 else {}
+        if len(self.recipes) == 1:
+            self.regular += [self._job("regular", seed, self.depths, next(iter(self.recipes))) for seed in self.seeds[1:]]
+
+    def _teacher_job(self) -> Job:
+        teacher_spec = dict(self.spec["teacher"])
+        if "checkpoint" in teacher_spec:
+            path = Path(teacher_spec.pop("checkpoint"))
+            if teacher_spec:
+                raise GankdError(f"{self.source}: a teacher given by 'checkpoint' takes no other keys, got {sorted(teacher_spec)}")
+            _, meta = load_generator(path)
+            model = Model("teacher", meta["arch"]["depth"] or 0, meta.get("seed", 0), path, status="done")
+            return Job("teacher", "teacher", model.seed, [], [model], status="done")
+        seed = teacher_spec.pop("seed", self.base.get("seed", 0))
+        options = {**self.base, **teacher_spec, "method": "gan"}
+        depth = options.pop("depth", None)
+        if depth is None:
+            raise GankdError(f"{self.source}: the teacher needs a depth")
+        return make_job("teacher", "teacher", seed, self.runs / "teacher", [depth], options, source=self.source)
+
+    def _job(self, method: str, seed: int, depths: list[int], recipe: str = "") -> Job:
+        if method == "regular":
+            options = {**self.base, **self.recipes[recipe], "method": "gan"}
+            folder, name = self.runs / "regular" / recipe / f"s{seed}", f"regular/{recipe}/s{seed}"
+        else:
+            options = {**self.base, **self.spec["methods"][method], "method": method, "teacher": str(self.teacher.models[0].checkpoint)}
+            folder, name = self.runs / method / f"s{seed}", f"{method}/s{seed}"
+        return make_job(name, method, seed, folder, depths, options, recipe, self.source)
+
+    def choose_recipes(self, score: dict[tuple[str, int], float | None], higher_is_better: bool) -> list[Job]:
+        """Pick the best recipe at each depth from the first seed's ``score`` ((recipe, depth) ->
+        value) and return the jobs that train it at the other seeds."""
+        for depth in self.depths:
+            scored = [(value, name) for name in self.recipes if (value := score.get((name, depth))) is not None]
+            if scored:
+                best = max(scored) if higher_is_better else min(scored)
+                self.choice[depth] = best[1]
+        jobs = []
+        for name in self.recipes:
+            depths = [d for d in self.depths if self.choice.get(d) == name]
+            if depths:
+                jobs += [self._job("regular", seed, depths, name) for seed in self.seeds[1:]]
+        self.regular += jobs
+        return jobs
+
+    @property
+    def jobs(self) -> list[Job]:
+        return [self.teacher, *self.students, *self.regular]
 
 
-def train_all(jobs: list[Job], parallel: int) -> None:
-    for job in jobs:
-        if is_finished(job):
-            job.status = "done"
-    todo = [j for j in jobs if j.status != "done"]
-    teacher, students = jobs[0], jobs[1:]
-    bar = tqdm(total=len(todo), desc="sweep runs", unit="run", disable=None)
-    threads = max(1, (os.cpu_count() or 1) // parallel)
-
-    def run(job: Job) -> None:
-        bar.set_postfix_str(job.name)
-        run_job(job, threads)
-        bar.update(1)
-
-    if teacher.status != "done":
-        run(teacher)  # everything else depends on it
-    if teacher.status != "done":
-        for job in students:
-            if job.method != "regular" and job.status != "done":
-                job.status, job.error = "skipped", "the teacher did not finish"
-    pending = [j for j in students if j.status == "pending"]
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        list(pool.map(run, pending))
-    bar.close()
-
-
-def evaluate_all(jobs: list[Job], settings: dict[str, Any], data_root: str | None) -> None:
-    """Same metrics, samples and seed for every finished model; cached in <run>/eval.json."""
-    from gankd.metrics.evaluate import evaluate, json_ready
-    from gankd.runtime import resolve_device
-
-    device = resolve_device(settings["device"])
-    teacher_job = jobs[0]
-    teacher, teacher_meta = load_generator(teacher_job.checkpoint, device) if teacher_job.status == "done" else (None, None)
-    for job in tqdm([j for j in jobs if j.status == "done"], desc="evaluating", unit="model", disable=None):
-        metrics = [m for m in settings["metrics"] if m != "fidelity" or job.method in ("mse", "joint")]
-        key = {"metrics": metrics, "samples": settings["samples"], "seed": settings["seed"],
-               "checkpoint_mtime": job.checkpoint.stat().st_mtime}
-        cache = job.checkpoint.parent / "eval.json"
-        if cache.exists():
-            cached = json.loads(cache.read_text())
-            if cached.get("key") == key:
-                job.evaluation = cached["results"]
-                continue
-        generator, meta = load_generator(job.checkpoint, device)
-        results = evaluate(generator, meta, metrics, settings["samples"], device, teacher=teacher, teacher_meta=teacher_meta,
-                           data_root=data_root, seed=settings["seed"])
-        results = json_ready(results)
-        atomic_write_bytes(cache, (json.dumps({"key": key, "results": results}, indent=2) + "\n").encode())
-        job.evaluation = results
-
-
-def run_sweep(config_path: Path, out: Path, parallel: int = 1) -> list[Job]:
+def run_sweep(config_path: Path, out: Path, parallel: int = 1) -> Plan:
     from gankd.experiments.report import write_report
 
     spec = load_spec(config_path)
-    jobs = plan(spec, out, str(config_path))
+    plan = Plan(spec, out, str(config_path))
+    settings = evaluation_settings(spec)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(spec, indent=2) + "\n")
-    train_all(jobs, parallel)
-    settings = {**EVALUATION_DEFAULTS, **spec.get("evaluation", {})}
-    evaluate_all(jobs, settings, spec["data"].get("data"))
-    status = {j.name: {"status": j.status, **({"error": j.error} if j.error else {})} for j in jobs}
+    atomic_write_bytes(out / "sweep.json", (json.dumps(spec, indent=2) + "\n").encode())
+    train_all(plan, settings, parallel)
+    evaluate_all(plan, settings)
+    status = {job.name: {"status": job.status, **({"error": job.error} if job.error else {})} for job in plan.jobs}
     atomic_write_bytes(out / "status.json", (json.dumps(status, indent=2) + "\n").encode())
-    write_report(spec, jobs, out, settings)
-    return jobs
+    write_report(plan, settings)
+    return plan
+
+
+def train_all(plan: Plan, settings: dict[str, Any], parallel: int) -> None:
+    """Run every job, ``parallel`` at a time: the teacher and the regular GANs' first seed at once,
+    the students when the teacher is done, the regular GANs' other seeds once the first seed has
+    chosen their recipe."""
+    for job in plan.jobs:
+        refresh(job)
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    bar = tqdm(total=sum(j.status != "done" for j in plan.jobs), desc="sweep jobs", unit="job", disable=None)
+    first_seed_regular = list(plan.regular) if plan.recipes and len(plan.recipes) > 1 else []
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        running: dict[Future, Job] = {}
+
+        def submit(jobs: list[Job]) -> None:
+            for job in jobs:
+                if job.status == "done":
+                    continue
+                running[pool.submit(run_job, job, threads)] = job
+
+        submit([plan.teacher, *plan.regular])
+        students_started = regular_chosen = False
+        while True:
+            if not students_started and plan.teacher.status in ("done", "failed"):
+                students_started = True
+                if plan.teacher.status == "done":
+                    submit(plan.students)
+                else:
+                    for job in plan.students:
+                        job.status, job.error = "skipped", "the teacher did not finish"
+            if first_seed_regular and not regular_chosen and all(j.status in ("done", "failed") for j in first_seed_regular):
+                regular_chosen = True
+                score = {}
+                for job in first_seed_regular:
+                    for model in job.models:
+                        if model.status == "done":
+                            model.evaluation = evaluate_model(model, settings["metrics"], settings["samples"], settings["seed"],
+                                                              resolve_device(settings["device"]), None)
+                            score[(job.recipe, model.depth)] = metric_value(model.evaluation, settings["primary"])
+                new = plan.choose_recipes(score, QUALITY[settings["primary"]].higher_is_better)
+                bar.total += len(new)
+                submit(new)
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                future.result()
+                bar.set_postfix_str(f"{job.name}: {job.status}")
+                bar.update(1)
+    bar.close()
+
+
+def evaluate_all(plan: Plan, settings: dict[str, Any]) -> None:
+    """Same metrics, samples and seed for every finished model; cached in each run folder."""
+    device = resolve_device(settings["device"])
+    teacher = plan.teacher.models[0] if plan.teacher.status == "done" else None
+    models = [m for job in plan.jobs for m in job.models if m.status == "done"]
+    data_root = plan.spec["data"].get("data")
+    for model in tqdm(models, desc="evaluating", unit="model", disable=None):
+        model.evaluation = evaluate_model(model, settings["metrics"], settings["samples"], settings["seed"], device,
+                                          teacher if model.method in ("mse", "joint") else None, data_root)

@@ -1,0 +1,202 @@
+"""Training jobs and model evaluations shared by ``gankd sweep`` and ``gankd limit``.
+
+A job is one ``gankd train``/``gankd distill`` process: a teacher, or the models of one method
+(and regular-GAN recipe) and one seed at several depths, trained together in one pass. Every
+model keeps an ordinary run folder ``<job folder>/d<depth>``; the layout is
+``runs/teacher``, ``runs/<method>/s<seed>/d<depth>`` and ``runs/regular/<recipe>/s<seed>/d<depth>``,
+so a student is found in the same place whichever command trained it (students trained together
+are bit-identical to students trained alone). Jobs run as subprocesses with ``--resume``: finished
+models are skipped, interrupted ones continue from their checkpoint, failed ones are reported and
+retried on the next call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gankd.checkpoint import load_generator
+from gankd.config import RunConfig
+from gankd.errors import GankdError
+from gankd.files import atomic_write_bytes
+from gankd.training import finished
+
+EVALUATION_DEFAULTS = {"metrics": ["is", "cfid", "fidelity", "cost"], "samples": 10000, "seed": 0, "device": "auto"}
+
+
+@dataclass
+class Model:
+    """One trained generator, as the report sees it."""
+
+    method: str  # teacher | mse | joint | regular
+    depth: int
+    seed: int
+    checkpoint: Path
+    recipe: str = ""  # regular GANs: the recipe's name
+    status: str = "pending"
+    error: str = ""
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.checkpoint.parent
+
+
+@dataclass
+class Job:
+    """One process training ``configs`` (one per depth) together; none for an existing teacher."""
+
+    name: str
+    method: str
+    seed: int
+    configs: list[RunConfig]
+    models: list[Model]
+    recipe: str = ""
+    status: str = "pending"
+    error: str = ""
+
+    @property
+    def folder(self) -> Path:
+        return self.models[0].run_dir if len(self.models) == 1 and self.method == "teacher" else self.models[0].run_dir.parent
+
+
+def make_job(name: str, method: str, seed: int, folder: Path, depths: list[int], options: dict[str, Any], recipe: str = "",
+             source: str = "config") -> Job:
+    """A job training ``depths`` with ``options`` (RunConfig keys), validated now."""
+    configs = []
+    for depth in depths:
+        out = folder if method == "teacher" else folder / f"d{depth}"
+        configs.append(RunConfig.from_dict({**options, "depth": depth, "seed": seed, "out": str(out)}, f"{source} ({name})"))
+    models = [Model(method, c.depth, seed, Path(c.out) / "generator.safetensors", recipe) for c in configs]
+    return Job(name, method, seed, configs, models, recipe)
+
+
+def model_finished(model: Model, cfg: RunConfig | None) -> bool:
+    """Whether the model is trained; a folder that holds a run with other options is an error."""
+    if cfg is None:
+        return model.checkpoint.exists()
+    saved_path = model.run_dir / "config.json"
+    if saved_path.exists():
+        differ = differences(RunConfig.load(saved_path), cfg)
+        if differ:
+            raise GankdError(f"{model.run_dir} holds a run with other options ({', '.join(differ)}); choose another folder")
+    return finished(model.checkpoint, cfg.steps)
+
+
+def differences(saved: RunConfig, wanted: RunConfig) -> list[str]:
+    """The options in which two runs differ, ignoring where they run, how long they may run (a run
+    can be continued on another device or with a larger --steps) and what ``wanted`` leaves to the
+    run to fill in (None: image size, channels and latent size come from the teacher or data)."""
+    a, b = saved.to_dict(), wanted.to_dict()
+    for d in (a, b):
+        d.pop("out"), d.pop("device"), d.pop("steps")
+        if d.get("teacher"):
+            d["teacher"] = str(Path(d["teacher"]).resolve())
+    return sorted(k for k in a if b[k] is not None and a[k] != b[k])
+
+
+def refresh(job: Job) -> None:
+    """Mark the job's models (and the job) done where their generator file says they finished."""
+    for model, cfg in zip(job.models, job.configs or [None] * len(job.models)):
+        if model_finished(model, cfg):
+            model.status = "done"
+    if all(m.status == "done" for m in job.models):
+        job.status = "done"
+
+
+def run_job(job: Job, threads: int) -> None:
+    """Train (or resume) the job's models in one gankd subprocess; its output goes to train.log."""
+    refresh(job)
+    if job.status == "done":
+        return
+    folder = job.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    options = job.configs[0].to_dict()
+    for key in ("depth", "out"):
+        options.pop(key)
+    config_path = folder / "job.json"
+    atomic_write_bytes(config_path, (json.dumps(options, indent=2) + "\n").encode())
+    command = "distill" if job.method in ("mse", "joint") else "train"
+    depths = ",".join(str(c.depth) for c in job.configs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    out = folder if len(job.configs) > 1 else Path(job.configs[0].out)  # one depth: the CLI writes straight to --out
+    with (folder / "train.log").open("a") as log:
+        result = subprocess.run([sys.executable, "-m", "gankd.cli", command, "--config", str(config_path), "--out", str(out),
+                                 "--depth", depths, "--resume"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    refresh(job)
+    if job.status != "done":
+        lines = (folder / "train.log").read_text(errors="replace").strip().splitlines()
+        job.error = lines[-1] if lines else f"exit code {result.returncode}"
+        job.status = "failed"
+        for model in job.models:
+            if model.status != "done":
+                model.status, model.error = "failed", job.error
+
+
+def evaluation_key(metrics: list[str], samples: int, seed: int) -> str:
+    return f"{','.join(sorted(metrics))}|n={samples}|seed={seed}"
+
+
+def evaluate_model(model: Model, metrics: list[str], samples: int, seed: int, device: Any, teacher: Model | None,
+                   data_root: str | None = None) -> dict[str, Any]:
+    """``metrics`` of one model, cached in its run folder's eval.json (keyed by the metrics, sample
+    count, seed and the generator file's modification time)."""
+    from gankd.metrics.evaluate import evaluate, json_ready
+
+    if model.method not in ("mse", "joint"):
+        metrics = [m for m in metrics if m != "fidelity"]
+    cache = model.run_dir / "eval.json"
+    key = evaluation_key(metrics, samples, seed)
+    stamp = model.checkpoint.stat().st_mtime_ns
+    cached: dict[str, Any] = {}
+    if cache.exists():
+        try:
+            cached = json.loads(cache.read_text())
+        except json.JSONDecodeError:
+            cached = {}
+        entry = cached.get(key)
+        if isinstance(entry, dict) and entry.get("checkpoint_mtime_ns") == stamp:
+            return entry["results"]
+    generator, meta = load_generator(model.checkpoint, device)
+    teacher_net, teacher_meta = load_generator(teacher.checkpoint, device) if teacher is not None else (None, None)
+    results = json_ready(evaluate(generator, meta, metrics, samples, device, teacher=teacher_net, teacher_meta=teacher_meta,
+                                  data_root=data_root, seed=seed))
+    cached[key] = {"checkpoint_mtime_ns": stamp, "results": results}
+    atomic_write_bytes(cache, (json.dumps(cached, indent=2) + "\n").encode())
+    return results
+
+
+@dataclass(frozen=True)
+class Column:
+    """A number a report shows: where it sits in an evaluation, its label and its direction."""
+
+    entry: str  # key in an evaluation's "metrics"
+    field: str  # the headline number in that entry
+    label: str
+    higher_is_better: bool
+
+
+QUALITY = {
+    "is": Column("is", "mean", "IS", True),
+    "fid": Column("fid", "value", "FID", False),
+    "kid": Column("kid", "mean", "KID", False),
+    "cfid": Column("cfid", "value", "cFID", False),
+    "fidelity_mse": Column("fidelity", "mse", "fidelity MSE", False),
+}
+
+
+def columns_of(metrics: list[str]) -> list[str]:
+    """The report columns that evaluating ``metrics`` produces, in QUALITY's order."""
+    return [name for name, column in QUALITY.items() if column.entry in metrics]
+
+
+def metric_value(evaluation: dict[str, Any], column: str) -> float | None:
+    """The headline number of a report column in an evaluation (IS mean, FID value, fidelity MSE, ...)."""
+    entry, name = QUALITY[column].entry, QUALITY[column].field
+    value = evaluation.get("metrics", {}).get(entry, {}).get(name)
+    return None if value is None else float(value)
