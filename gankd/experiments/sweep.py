@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from gankd.checkpoint import load_generator, read_checkpoint
 from gankd.config import RunConfig
 from gankd.errors import GankdError
 from gankd.files import atomic_write_bytes
+from gankd.progress import progress, track
 
 METHODS = ("mse", "joint", "regular")
 SPEC_KEYS = {"name", "description", "data", "common", "teacher", "depths", "methods", "evaluation"}
@@ -139,7 +138,7 @@ def train_all(jobs: list[Job], parallel: int) -> None:
             job.status = "done"
     todo = [j for j in jobs if j.status != "done"]
     teacher, students = jobs[0], jobs[1:]
-    bar = tqdm(total=len(todo), desc="sweep runs", unit="run", disable=None)
+    bar = progress(len(todo), "sweep runs", "run")
     threads = max(1, (os.cpu_count() or 1) // parallel)
 
     def run(job: Job) -> None:
@@ -167,7 +166,7 @@ def evaluate_all(jobs: list[Job], settings: dict[str, Any], data_root: str | Non
     device = resolve_device(settings["device"])
     teacher_job = jobs[0]
     teacher, teacher_meta = load_generator(teacher_job.checkpoint, device) if teacher_job.status == "done" else (None, None)
-    for job in tqdm([j for j in jobs if j.status == "done"], desc="evaluating", unit="model", disable=None):
+    for job in track([j for j in jobs if j.status == "done"], "evaluating", "model"):
         metrics = [m for m in settings["metrics"] if m != "fidelity" or job.method in ("mse", "joint")]
         key = {"metrics": metrics, "samples": settings["samples"], "seed": settings["seed"],
                "checkpoint_mtime": job.checkpoint.stat().st_mtime}
