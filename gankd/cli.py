@@ -21,6 +21,9 @@ from gankd.errors import GankdError, RunInterrupted, UsageError
 from gankd.progress import set_quiet
 
 
+MAX_GRID_IMAGES = 4096  # gankd sample: one PNG grid, held in memory
+
+
 def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -288,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="write a PNG grid of samples from a generator")
     p.add_argument("checkpoint", help="gankd checkpoint or TorchScript generator")
-    p.add_argument("--n", type=_int_at_least(1), default=64, help="number of images")
+    p.add_argument("--n", type=_int_at_least(1, MAX_GRID_IMAGES), default=64, help="number of images")
     p.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=0, help="latent seed: same seed, same images")
     p.add_argument("--out", type=Path, default=Path("grid.png"), help="output PNG")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -96,6 +96,8 @@ def test_out_of_range_values_are_usage_errors(args: list[str], message: str) -> 
     (["params", "--depth", "513"], "--depth: must be <= 512"),
     (["sample", "x", "--seed", "18446744073709551616"], "--seed: must be <= 4294967295"),
     (["evaluate", "x", "--seed", "-5"], "--seed: must be in 0..4294967295"),
+    (["evaluate", "x", "--samples", "1000000000"], "--samples: must be in 10..200000"),
+    (["sample", "x", "--n", "1000000000"], "--n: must be <= 4096"),
 ])
 def test_limits_are_usage_errors(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_:
