@@ -173,8 +173,9 @@ def check_state(module: nn.Module, state: dict[str, torch.Tensor], source: str, 
     memory, so a crafted file is refused before a network of its size is built. Errors name the
     tensor as the file does (``prefix`` + name)."""
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    named = (lambda names: [f"{prefix}.{n}" for n in names]) if prefix else list
+    missing = named(sorted(set(expected) - set(state)))
+    unexpected = named(sorted(set(state) - set(expected)))
     if missing or unexpected:
         raise GankdError(f"{source}: tensors do not match the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
     for name, tensor in state.items():
