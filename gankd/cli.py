@@ -1,7 +1,9 @@
 """The ``gankd`` command line. Each subcommand is a thin shell around the Python API.
 
-Errors a user can fix (:class:`~gankd.errors.GankdError`) print one line and exit 1; usage
-errors exit 2 (argparse); an interrupted run exits 130 after saving its checkpoint.
+Errors a user can fix (:class:`~gankd.errors.GankdError`, and an ``OSError`` from the system:
+disk full, read-only, no permission) print one line and exit 1; usage errors (argparse, and
+config values of the wrong type or out of range) exit 2; an interrupted run exits 130 after
+saving its checkpoint.
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gankd.config import BALANCES, LOSSES, MONITORS, MSE_REDUCTIONS, PRECISIONS, RunConfig, read_options
-from gankd.errors import GankdError, RunInterrupted
+from gankd.config import (BALANCES, LOSSES, MAX_BATCH_SIZE, MAX_DEPTH, MAX_LATENT_DIM, MAX_SEED, MONITORS, MSE_REDUCTIONS,
+                          PRECISIONS, RunConfig, read_options)
+from gankd.errors import GankdError, RunInterrupted, UsageError
+from gankd.progress import set_quiet
 
 
-def _int_at_least(low: int) -> Callable[[str], int]:
+MAX_GRID_IMAGES = 4096  # gankd sample: one PNG grid, held in memory
+
+
+def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -25,9 +32,21 @@ def _int_at_least(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high} (gankd's limit), got {value}")
         return value
 
     return parse
+
+
+class _OneDefaultFormatter(argparse.HelpFormatter):
+    """Shows an option's default once: from its help text when that mentions one, else from argparse."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        shown = not unset and action.option_strings and not action.required
+        return text if "default" in text or not shown else f"{text} (default: %(default)s)"
 
 
 def _float_in(low: float, high: float | None = None, open_low: bool = False) -> Callable[[str], float]:
@@ -46,7 +65,7 @@ def _float_in(low: float, high: float | None = None, open_low: bool = False) -> 
 
 def _depths(text: str) -> list[int]:
     """``4`` or a comma-separated list ``2,4,8,16`` (students distilled together)."""
-    parse = _int_at_least(1)
+    parse = _int_at_least(1, MAX_DEPTH)
     depths = [parse(part) for part in text.split(",") if part.strip()]
     if not depths:
         raise argparse.ArgumentTypeError("expected a depth or a comma-separated list of depths")
@@ -62,21 +81,21 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("data", {}, "dataset root folder (default for mnist: the MNIST shipped in data/mnist)"),
     ("image_size", {"type": int, "choices": (32, 64, 128)}, "image size S (default: the teacher's, else 32)"),
     ("channels", {"type": int, "choices": (1, 3)}, "image channels (default: the teacher's, else the data's)"),
-    ("depth", {"type": _int_at_least(1)}, "generator depth d (channels of the last hidden layer)"),
-    ("critic_depth", {"type": _int_at_least(1)}, "critic depth (default: the generator's depth; with the dcgan loss at most "
-                                                 "32, 16, 8 at 32, 64, 128 pixels, so that the critic does not win outright)"),
+    ("depth", {"type": _int_at_least(1, MAX_DEPTH)}, "generator depth d (channels of the last hidden layer)"),
+    ("critic_depth", {"type": _int_at_least(1, MAX_DEPTH)}, "critic depth (default: the generator's depth; with the dcgan loss "
+                                                            "at most 32, 16, 8 at 32, 64, 128 pixels, so that the critic does not win outright)"),
     ("init", {}, "start from the weights of this gankd generator of the same architecture (fine-tuning, e.g. a joint "
                  "student from an MSE one); a run resumed from its checkpoint ignores it"),
-    ("latent_dim", {"type": _int_at_least(1)}, "latent size (default: the teacher's, else 100)"),
+    ("latent_dim", {"type": _int_at_least(1, MAX_LATENT_DIM)}, "latent size (default: the teacher's, else 100)"),
     ("loss", {"choices": LOSSES}, "adversarial loss: wgan-gp (lambda 10, 5 critic steps, Adam 1e-4 (0.5, 0.9)) "
                                   "or dcgan (non-saturating, 1 critic step, Adam 2e-4 (0.5, 0.999))"),
     ("gp_lambda", {"type": _float_in(0)}, "WGAN-GP gradient-penalty weight"),
     ("steps", {"type": _int_at_least(0)}, "total generator steps"),
-    ("batch_size", {"type": _int_at_least(1)}, "batch size per process"),
+    ("batch_size", {"type": _int_at_least(1, MAX_BATCH_SIZE)}, "batch size per process"),
     ("lr", {"type": _float_in(0, open_low=True)}, "Adam learning rate (default: the loss's)"),
     ("betas", {"type": _float_in(0, 0.999999), "nargs": 2, "metavar": ("B1", "B2")}, "Adam betas (default: the loss's)"),
     ("critic_steps", {"type": _int_at_least(1)}, "critic steps per generator step (default: the loss's)"),
-    ("seed", {"type": int}, "random seed (weights, latents, data order)"),
+    ("seed", {"type": _int_at_least(0, MAX_SEED)}, "random seed (weights, latents, data order)"),
     ("device", {}, "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"),
     ("log_every", {"type": _int_at_least(1)}, "steps between rows of metrics.csv"),
     ("sample_every", {"type": _int_at_least(1)}, "steps between sample grids"),
@@ -149,7 +168,7 @@ def config_from_args(args: argparse.Namespace, method: str | None) -> tuple[RunC
     if method is not None:
         base.setdefault("method", method)  # the command's own method, unless the file or a flag names one
     base.update(flags)
-    return RunConfig.from_dict(base, str(args.config or "options")), args.resume
+    return RunConfig.from_dict(base, str(args.config) if args.config else None), args.resume
 
 
 def configs_from_args(args: argparse.Namespace, method: str) -> tuple[list[RunConfig], bool]:
@@ -299,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="write a PNG grid of samples from a generator")
     p.add_argument("checkpoint", help="gankd checkpoint or TorchScript generator")
-    p.add_argument("--n", type=_int_at_least(1), default=64, help="number of images")
-    p.add_argument("--seed", type=int, default=0, help="latent seed: same seed, same images")
+    p.add_argument("--n", type=_int_at_least(1, MAX_GRID_IMAGES), default=64, help="number of images")
+    p.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=0, help="latent seed: same seed, same images")
     p.add_argument("--out", type=Path, default=Path("grid.png"), help="output PNG")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_sample)
@@ -311,10 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("params", help="parameter count of a generator")
-    p.add_argument("--depth", type=_int_at_least(1), required=True, help="generator depth d")
+    p.add_argument("--depth", type=_int_at_least(1, MAX_DEPTH), required=True, help="generator depth d")
     p.add_argument("--image-size", type=int, choices=(32, 64, 128), default=64, help="image size S")
     p.add_argument("--channels", type=int, choices=(1, 3), default=1, help="image channels")
-    p.add_argument("--latent-dim", type=_int_at_least(1), default=100, help="latent size")
+    p.add_argument("--latent-dim", type=_int_at_least(1, MAX_LATENT_DIM), default=100, help="latent size")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("demo", help="the embedded example: distill d=4, 8, 16 students from the shipped MNIST teacher, evaluate, compare")
@@ -351,16 +370,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_evaluate)
+    for command in sub.choices.values():
+        command.formatter_class = _OneDefaultFormatter
+        command.add_argument("--quiet", action="store_true", help="no progress output (errors and results still print)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_quiet(args.quiet)
     try:
         return args.func(args)
     except GankdError as exc:
         print(f"gankd: error: {exc}", file=sys.stderr)
-        return 130 if isinstance(exc, RunInterrupted) else 1
+        return 2 if isinstance(exc, UsageError) else 130 if isinstance(exc, RunInterrupted) else 1
+    except OSError as exc:  # the system refused (disk full, read-only, no permission): the file and why
+        print(f"gankd: error: {exc.filename or 'I/O'}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("gankd: interrupted", file=sys.stderr)
         return 130

@@ -9,11 +9,14 @@ defaults while every one stays overridable.
 from __future__ import annotations
 
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from gankd.errors import GankdError
+from gankd.errors import GankdError, UsageError
+from gankd.files import atomic_write_bytes
 
 LOSSES = ("wgan-gp", "dcgan")
 METHODS = ("gan", "mse", "joint")  # gan: from scratch (teacher or regular baseline)
@@ -27,6 +30,13 @@ MONITORS = ("auto", "fidelity", "is", "none")  # what a run watches to stop (gan
 # every sample one texture, IS 1.00), while these widths trained (README, "Defaults that train").
 # WGAN-GP's penalty keeps a critic of the generator's own width in check.
 DCGAN_CRITIC_DEPTH = {32: 32, 64: 16, 128: 8}
+
+# Limits: larger values are refused up front (one line, exit 2) instead of failing deep inside
+# torch or allocating without bound. models.Architecture checks the network's, checkpoints included.
+MAX_DEPTH = 512  # d; the paper's largest teacher is d=256; d=512 at 128x128 is 0.73 G parameters
+MAX_LATENT_DIM = 1024  # DCGAN uses 100, StyleGAN 512
+MAX_BATCH_SIZE = 65536  # per process
+MAX_SEED = 2**32 - 1  # seeds are 32-bit: every process's random streams are derived from the seed
 
 # Per-objective optimiser settings. wgan-gp: Gulrajani et al. (2017), as the paper's W-DCGAN
 # teachers; dcgan: Radford et al. (2016); mse: a pure regression, which tolerates a larger step.
@@ -82,6 +92,7 @@ class RunConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.betas is not None:
             self.betas = tuple(self.betas)  # type: ignore[assignment]
         self.validate()
@@ -111,7 +122,7 @@ class RunConfig:
     def validate(self) -> None:
         def check(ok: bool, message: str) -> None:
             if not ok:
-                raise GankdError(message)
+                raise UsageError(message)
 
         check(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
         check(self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
@@ -121,13 +132,16 @@ class RunConfig:
         check(self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         check(self.min_delta >= 0, f"min delta must be >= 0, got {self.min_delta}")
         check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}")
-        check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
-        check(self.critic_depth is None or self.critic_depth >= 1, f"critic depth must be >= 1, got {self.critic_depth}")
+        check(1 <= self.depth <= MAX_DEPTH, f"depth must be in 1..{MAX_DEPTH}, got {self.depth}")
+        check(self.critic_depth is None or 1 <= self.critic_depth <= MAX_DEPTH,
+              f"critic depth must be in 1..{MAX_DEPTH}, got {self.critic_depth}")
         check(self.image_size in (None, 32, 64, 128), f"image size must be 32, 64 or 128, got {self.image_size}")
         check(self.channels in (None, 1, 3), f"channels must be 1 or 3, got {self.channels}")
-        check(self.latent_dim is None or self.latent_dim >= 1, f"latent size must be >= 1, got {self.latent_dim}")
+        check(self.latent_dim is None or 1 <= self.latent_dim <= MAX_LATENT_DIM,
+              f"latent size must be in 1..{MAX_LATENT_DIM}, got {self.latent_dim}")
         check(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
-        check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        check(1 <= self.batch_size <= MAX_BATCH_SIZE, f"batch size must be in 1..{MAX_BATCH_SIZE}, got {self.batch_size}")
+        check(0 <= self.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED} (2^32 - 1), got {self.seed}")
         check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
         check(self.gp_lambda >= 0, f"gp lambda must be >= 0, got {self.gp_lambda}")
         check(self.lr is None or self.lr > 0, f"learning rate must be > 0, got {self.lr}")
@@ -148,16 +162,22 @@ class RunConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any], source: str | None = "config") -> "RunConfig":
+        """A config from JSON-like data; every problem is a :class:`UsageError` naming the key
+        (prefixed by ``source``, the file the data came from, when given)."""
+        prefix = f"{source}: " if source else ""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             hints = [f"{k!r} (did you mean {_closest(k, known)!r}?)" if _closest(k, known) else repr(k) for k in unknown]
-            raise GankdError(f"{source}: unknown key(s) {', '.join(hints)}")
-        return cls(**data)
+            raise UsageError(f"{prefix}unknown key(s) {', '.join(hints)}")
+        try:
+            return cls(**data)
+        except UsageError as exc:
+            raise UsageError(f"{prefix}{exc}") from None
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_bytes(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 
     @classmethod
     def load(cls, path: Path) -> "RunConfig":
@@ -170,11 +190,61 @@ def read_options(path: Path) -> dict[str, Any]:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise GankdError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise GankdError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise GankdError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise GankdError(f"{path}: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise GankdError(f"{path}: expected a JSON object")
     return data
+
+
+def check_types(cfg: RunConfig) -> None:
+    """Each field's value has its annotated type (JSON gives any type anywhere); raises a
+    :class:`UsageError` naming the key. An int is accepted for a float, never a bool for a number."""
+    for name, hint in typing.get_type_hints(RunConfig).items():
+        problem = _type_problem(getattr(cfg, name), hint)
+        if problem:
+            raise UsageError(f"{name} must be {problem}, got {_shown(getattr(cfg, name))}")
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """None when ``value`` fits ``hint``, else what was expected."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    nullable = type(None) in options
+    base = next(option for option in options if option is not type(None))
+    or_null = " or null" if nullable else ""
+    if value is None:
+        return None if nullable else _expected(base)
+    if typing.get_origin(base) is tuple:
+        items = typing.get_args(base)
+        fits = isinstance(value, (list, tuple)) and len(value) == len(items) and all(_is_a(v, item) for v, item in zip(value, items))
+    else:
+        fits = _is_a(value, base)
+    return None if fits else _expected(base) + or_null
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _expected(kind: Any) -> str:
+    if typing.get_origin(kind) is tuple:
+        return f"a list of {len(typing.get_args(kind))} numbers"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+
+
+def _shown(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _closest(name: str, candidates: set[str]) -> str | None:

@@ -6,7 +6,9 @@ and Pillow are used (no torchvision). Decoding a folder of JPEGs is slow, so the
 cached as a .npy file under ``$GANKD_CACHE/datasets`` (default ``~/.cache/gankd/datasets``).
 
 Every problem with the files themselves raises ``GankdError`` naming the file, never a raw
-gzip/pickle/Pillow exception.
+gzip/pickle/Pillow exception. Reading is bounded: a gzip stream is refused as soon as it
+decompresses past the size its IDX header declares (so a gzip bomb costs no memory), and an
+image over ``MAX_IMAGE_PIXELS`` is refused from its header, before it is decoded.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import math
 import os
 import pickle
+import sys
 import tempfile
 import warnings
 import zlib
@@ -28,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm import tqdm
+from PIL import Image, ImageMode
 
 from gankd.errors import GankdError
 from gankd.models import IMAGE_SIZES
+from gankd.progress import progress
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -46,12 +49,17 @@ SPLITS = {
     "celeba": ("train", "valid", "test", "all"),  # list_eval_partition.txt codes 0, 1, 2
     "folder": ("train",),  # a plain folder has no splits: "train" is all of it
 }
-NATIVE_CHANNELS = {"mnist": 1, "cifar10": 3, "celeba": 3, "folder": 3}
+NATIVE_CHANNELS = {"mnist": 1, "cifar10": 3, "celeba": 3, "folder": 3}  # a folder's default is its images' (load_dataset)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_MNIST_DIR = Path(__file__).resolve().parents[1] / "data" / "mnist"
 
 _IDX_IMAGES, _IDX_LABELS = 2051, 2049  # IDX magic: 0x08 (unsigned byte) << 8 | number of dims
 _CACHE_FORMAT = 1  # bump when decoding changes, so stale cache files are never reused
+
+# Input limits: larger inputs are refused with one line before they are read into memory.
+MAX_IDX_BYTES = 2**30  # data of one IDX file; MNIST's training images are 47 MB
+MAX_IMAGE_PIXELS = 2**26  # width x height of one image file (e.g. 8192 x 8192); Pillow's own limit is 89 M
+_READ_CHUNK = 2**20
 
 
 @dataclass
@@ -87,9 +95,10 @@ def load_dataset(
     DCGAN practice) and CIFAR-10 is 32x32 already; either is then resized to S with Pillow's
     bilinear filter when S != 32. CelebA and folders are centre-cropped to a square of the shorter
     side (178x178 for aligned CelebA) and resized with the same filter, which Pillow antialiases
-    when shrinking. ``channels`` defaults to the dataset's own (1 for MNIST, else 3); grey is
-    replicated to RGB, and RGB becomes grey with Pillow's "L" luma. ``root=None`` means the
-    vendored MNIST (``DEFAULT_MNIST_DIR``).
+    when shrinking. ``channels`` defaults to the dataset's own: 1 for MNIST, 3 for CIFAR-10 and
+    CelebA, and for a folder 1 when every image is greyscale (modes 1, L, LA, I, F), else 3 (the
+    choice is printed on stderr). Grey is replicated to RGB, and RGB becomes grey with Pillow's
+    "L" luma. ``root=None`` means the vendored MNIST (``DEFAULT_MNIST_DIR``).
 
     Splits are listed in ``SPLITS``; CelebA's come from list_eval_partition.txt, and without it
     "train" is every image. The name, a cache key, is ``<kind>-<split>-<S>``, plus a digest of
@@ -103,8 +112,8 @@ def load_dataset(
     if split not in SPLITS[kind]:
         raise GankdError(f"unknown split {split!r} for {kind}; choose one of {', '.join(SPLITS[kind])}")
     native = NATIVE_CHANNELS[kind]
-    channels = native if channels is None else channels
-    if channels not in (1, 3):
+    channels = native if channels is None and kind != "folder" else channels
+    if channels not in (1, 3, None):
         raise GankdError(f"channels must be 1 or 3, got {channels}")
     if root is None:
         if kind != "mnist":
@@ -123,6 +132,11 @@ def load_dataset(
         files, base, split = _celeba_files(root, split) if kind == "celeba" else (_image_files(root), root, split)
         images, digest = _load_image_files(files, base, split, image_size, channels)
         name = f"{kind}-{split}-{image_size}-{digest}"  # the digest tells apart different folders
+        if channels is None:
+            channels = images.shape[1]
+            chose = "every image is greyscale: 1 channel (--channels 3 for RGB)" if channels == 1 else \
+                "colour images: 3 channels (--channels 1 for grey)"
+            print(f"gankd: {root}: {chose}", file=sys.stderr)
     if channels != native:
         name += f"-c{channels}"
     return ImageData(torch.from_numpy(np.ascontiguousarray(images)), labels, name)
@@ -170,24 +184,59 @@ def _find_idx(root: Path, name: str) -> Path:
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
-    """Parse an unsigned-byte IDX file (gzip or raw): big-endian magic, one uint32 per dim, data."""
-    data = _read_bytes(path)
-    if data[:2] == b"\x1f\x8b":  # gzip magic; an IDX file starts with two zero bytes instead
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise GankdError(f"{path}: corrupt or truncated gzip file ({e})") from e
+    """Parse an unsigned-byte IDX file (gzip or raw): big-endian magic, one uint32 per dim, data.
+
+    Memory is bounded by the header's declared size: a gzip stream is first decompressed without
+    keeping anything and refused as soon as it runs past that size (a bomb of zeros costs a few
+    MB, not its decompressed size); only then is it decompressed into an array of exactly it.
+    """
     ndim = magic & 0xFF
-    header = 4 * (1 + ndim)
-    if len(data) < header:
-        raise GankdError(f"{path}: too short for an IDX header ({len(data)} bytes)")
-    found, *dims = np.frombuffer(data, ">u4", count=1 + ndim).tolist()
-    if found != magic:
-        raise GankdError(f"{path}: wrong IDX magic number {found}, expected {magic}")
-    if len(data) - header != math.prod(dims):
-        shape, expected = "x".join(map(str, dims)), math.prod(dims)
-        raise GankdError(f"{path}: header says {shape} = {expected} bytes of data, the file holds {len(data) - header}")
-    return np.frombuffer(data, np.uint8)[header:].reshape(dims)
+    header_size = 4 * (1 + ndim)
+    try:
+        with path.open("rb") as f:
+            compressed = f.read(2) == b"\x1f\x8b"  # gzip magic; an IDX file starts with two zero bytes instead
+        with _open_idx(path, compressed) as f:
+            header = f.read(header_size)
+            if len(header) < header_size:
+                raise GankdError(f"{path}: too short for an IDX header ({len(header)} bytes)")
+            found, *dims = np.frombuffer(header, ">u4").tolist()
+            if found != magic:
+                raise GankdError(f"{path}: wrong IDX magic number {found}, expected {magic}")
+            shape, expected = "x".join(map(str, dims)), math.prod(dims)
+            if expected > MAX_IDX_BYTES:
+                raise GankdError(f"{path}: header says {shape} = {expected:,} bytes of data, over gankd's limit of {MAX_IDX_BYTES:,}")
+            held = _stream_length(f, expected) if compressed else path.stat().st_size - header_size
+            if held != expected:
+                more = f"more than {expected} (decompression stopped there)" if compressed and held > expected else str(held)
+                raise GankdError(f"{path}: header says {shape} = {expected} bytes of data, the file holds {more}")
+        with _open_idx(path, compressed) as f:
+            f.read(header_size)
+            data = np.empty(expected, np.uint8)
+            view, got = memoryview(data), 0
+            while got < expected and (n := f.readinto(view[got:])):
+                got += n
+            if got != expected:  # the file changed since it was measured
+                raise GankdError(f"{path}: the file changed while it was read")
+    except (OSError, EOFError, zlib.error) as e:
+        if not compressed:
+            raise GankdError(f"cannot read {path}: {e.strerror or e}") from e
+        raise GankdError(f"{path}: corrupt or truncated gzip file ({e})") from e
+    return data.reshape(dims)
+
+
+def _open_idx(path: Path, compressed: bool) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if compressed else path.open("rb")
+
+
+def _stream_length(f: io.BufferedIOBase, limit: int) -> int:
+    """Bytes left in ``f``, read and dropped in chunks; stops at ``limit + 1``."""
+    held = 0
+    while held <= limit:
+        chunk = f.read(min(_READ_CHUNK, limit + 1 - held))
+        if not chunk:
+            break
+        held += len(chunk)
+    return held
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -334,9 +383,10 @@ def _celeba_files(root: Path, split: str) -> tuple[list[Path], Path, str]:
     return files, images_dir, split
 
 
-def _load_image_files(files: list[Path], base: Path, split: str, size: int, channels: int) -> tuple[np.ndarray, str]:
-    """Decode ``files`` to (N, channels, size, size), or reuse the cached result. Also returns a
-    short digest of the file names and sizes, which identifies the dataset across machines."""
+def _load_image_files(files: list[Path], base: Path, split: str, size: int, channels: int | None) -> tuple[np.ndarray, str]:
+    """Decode ``files`` to (N, channels, size, size), or reuse the cached result (``channels=None``:
+    the images' own, see ``_decode_files``). Also returns a short digest of the file names and
+    sizes, which identifies the dataset across machines."""
     stats = [(path.relative_to(base).as_posix(), path.stat()) for path in files]
     digest = _sha256([(name, st.st_size) for name, st in stats])[:8]
     key = _sha256(
@@ -349,9 +399,8 @@ def _load_image_files(files: list[Path], base: Path, split: str, size: int, chan
             "channels": channels,
         }
     )
-    cache = _cache_dir() / f"{split}-{size}-c{channels}-{key[:24]}.npy"
-    shape = (len(files), channels, size, size)
-    images = _read_cache(cache, shape)
+    cache = _cache_dir() / f"{split}-{size}-c{channels or 'auto'}-{key[:24]}.npy"
+    images = _read_cache(cache, (len(files), channels, size, size))
     if images is None:
         images = _decode_files(files, size, channels, desc=f"decoding {base}")
         _write_cache(cache, images)
@@ -366,14 +415,16 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("GANKD_CACHE") or "~/.cache/gankd").expanduser() / "datasets"
 
 
-def _read_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The cached array, or None when it is missing or unusable (then it is simply rebuilt)."""
+def _read_cache(path: Path, shape: tuple[int, int | None, int, int]) -> np.ndarray | None:
+    """The cached array, or None when it is missing or unusable (then it is simply rebuilt).
+    A ``None`` in ``shape`` is the channel count of a folder's own, 1 or 3."""
     try:
         with path.open("rb") as f:
             images = np.lib.format.read_array(f, allow_pickle=False)  # what np.load does for .npy
     except (OSError, ValueError, EOFError):
         return None
-    return images if images.shape == shape and images.dtype == np.uint8 else None
+    fits = images.ndim == 4 and images.shape[1] in (1, 3) and all(n is None or n == m for n, m in zip(shape, images.shape))
+    return images if fits and images.dtype == np.uint8 else None
 
 
 def _write_cache(path: Path, images: np.ndarray) -> None:
@@ -393,29 +444,44 @@ def _write_cache(path: Path, images: np.ndarray) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
-def _decode_files(files: list[Path], size: int, channels: int, desc: str) -> np.ndarray:
+def _decode_files(files: list[Path], size: int, channels: int | None, desc: str) -> np.ndarray:
     """Decode in threads (Pillow releases the GIL while decoding and resizing), in chunks so a
-    failure stops the work early and finished images never pile up in memory."""
-    out = np.empty((len(files), channels, size, size), np.uint8)
+    failure stops the work early and finished images never pile up in memory.
+
+    ``channels=None``: each image is decoded in its own channels (1 for greyscale modes, else 3)
+    into an RGB array (grey replicated); when every image was grey, one channel is kept.
+
+    Pillow's decompression-bomb warning is silenced here: ``_decode`` applies gankd's own
+    ``MAX_IMAGE_PIXELS`` and reports it in one line.
+    """
+    out = np.empty((len(files), channels or 3, size, size), np.uint8)
+    all_grey = True
     chunk = 1024
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, tqdm(
-        total=len(files), desc=desc, unit="img", disable=None
-    ) as bar:
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, progress(len(files), desc, "img") as bar, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         for start in range(0, len(files), chunk):
             batch = files[start : start + chunk]
             for i, image in enumerate(pool.map(_decode, batch, [size] * len(batch), [channels] * len(batch)), start):
-                out[i] = image
+                out[i] = image  # (1, S, S) broadcasts to RGB
+                all_grey &= image.shape[0] == 1
                 bar.update()
-    return out
+    return np.ascontiguousarray(out[:, :1]) if channels is None and all_grey else out
 
 
-def _decode(path: Path, size: int, channels: int) -> np.ndarray:
+def _decode(path: Path, size: int, channels: int | None) -> np.ndarray:
+    """One image file as (channels, size, size); ``channels=None``: 1 if its mode is greyscale, else 3."""
     try:
         with Image.open(path) as img:
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit and img.width * img.height > limit:
-                raise ValueError(f"{img.width}x{img.height} is over Pillow's limit of {limit} pixels")
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise GankdError(f"{path}: {img.width}x{img.height} pixels, over gankd's limit of {MAX_IMAGE_PIXELS:,} per image")
+            if channels is None:
+                channels = 1 if ImageMode.getmode(img.mode).basemode == "L" else 3
             return _to_array(img, size, channels)
+    except GankdError:
+        raise
+    except Image.DecompressionBombError:  # over Pillow's own (larger) limit: refused from the header too
+        raise GankdError(f"{path}: over gankd's limit of {MAX_IMAGE_PIXELS:,} pixels per image") from None
     except Exception as e:  # Pillow reports corrupt files with a dozen different exception types
         raise GankdError(f"cannot read image {path}: {e}") from e
 

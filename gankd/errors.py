@@ -1,12 +1,17 @@
 """The exceptions a user can act on: bad input, bad options, bad files, and how a run ended.
 
 The CLI catches :class:`GankdError` and prints one line, ``gankd: error: <message>``, and exits
-non-zero (130 for :class:`RunInterrupted`); anything else is a bug in gankd and keeps its traceback.
+non-zero (2 for :class:`UsageError`, as argparse does; 130 for :class:`RunInterrupted`); anything
+else is a bug in gankd and keeps its traceback.
 """
 
 
 class GankdError(Exception):
     """A user-facing error: the message names the file or option and what is wrong with it."""
+
+
+class UsageError(GankdError):
+    """An option or config value of the wrong type or out of range (exit status 2)."""
 
 
 class RunInterrupted(GankdError):

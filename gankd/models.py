@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gankd.config import MAX_DEPTH, MAX_LATENT_DIM
 from gankd.errors import GankdError
 
 IMAGE_SIZES = (32, 64, 128)
@@ -35,14 +36,17 @@ class Architecture:
     latent_dim: int = 100
 
     def __post_init__(self) -> None:
-        if self.depth < 1:
-            raise GankdError(f"depth must be a positive integer, got {self.depth}")
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise GankdError(f"{name} must be an integer, got {value!r}")
+        if not 1 <= self.depth <= MAX_DEPTH:
+            raise GankdError(f"depth must be in 1..{MAX_DEPTH}, got {self.depth}")
         if self.image_size not in IMAGE_SIZES:
             raise GankdError(f"image size must be one of {IMAGE_SIZES}, got {self.image_size}")
         if self.channels not in (1, 3):
             raise GankdError(f"channels must be 1 or 3, got {self.channels}")
-        if self.latent_dim < 1:
-            raise GankdError(f"latent size must be positive, got {self.latent_dim}")
+        if not 1 <= self.latent_dim <= MAX_LATENT_DIM:
+            raise GankdError(f"latent size must be in 1..{MAX_LATENT_DIM}, got {self.latent_dim}")
 
     @property
     def num_blocks(self) -> int:
@@ -54,10 +58,15 @@ class Architecture:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Architecture":
+        """From JSON: exact integer fields only (no strings, floats or bools), each within range."""
+        if not isinstance(data, dict):
+            raise GankdError(f"an architecture must be a JSON object, got {type(data).__name__}")
         unknown = set(data) - {"depth", "image_size", "channels", "latent_dim"}
         if unknown:
             raise GankdError(f"unknown architecture keys {sorted(unknown)}")
-        return cls(**{k: int(v) for k, v in data.items()})
+        if "depth" not in data:
+            raise GankdError("the architecture has no depth")
+        return cls(**data)
 
 
 def _up(c_in: int, c_out: int, first: bool) -> list[nn.Module]:
@@ -88,7 +97,7 @@ class Generator(nn.Module):
         self._folded: tuple[tuple, FoldedGenerator] | None = None  # (weights' identity, folded copy)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if not self.training and not torch.jit.is_scripting():
+        if not self.training and not torch.jit.is_scripting() and not torch.jit.is_tracing():  # export the plain network
             return self._eval_forward(z)
         return self.net(z.view(z.shape[0], -1, 1, 1))
 

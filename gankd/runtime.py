@@ -9,12 +9,14 @@ import contextlib
 import os
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 
 from gankd.errors import GankdError
+from gankd.files import owned_folder
 
 
 @dataclass
@@ -66,6 +68,32 @@ def distributed_runtime(device_name: str) -> Iterator[Runtime]:
         yield Runtime(device, dist.get_rank(), world_size)
     finally:
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def owned_run_folders(folders: list[Path], rt: Runtime) -> Iterator[None]:
+    """Hold every run folder's lock (:func:`gankd.files.owned_folder`) for the block.
+
+    Under ``torchrun`` only rank 0 writes, so rank 0 alone takes the locks and holds them for the
+    whole group; the other ranks learn through one collective whether it got them, and stop with
+    it if not. A second group on the same folders fails on its rank 0, and all its ranks stop.
+    """
+    with contextlib.ExitStack() as held:
+        refused: GankdError | None = None
+        if rt.is_main:
+            try:
+                for folder in folders:
+                    held.enter_context(owned_folder(folder))
+            except GankdError as exc:
+                refused = exc
+        if rt.world_size > 1:
+            flag = torch.tensor([int(refused is not None)], device=rt.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() and refused is None:
+                raise GankdError(f"rank {rt.rank}: rank 0 could not lock the run folder(s) {', '.join(map(str, folders))}; see its message")
+        if refused is not None:
+            raise refused
+        yield
 
 
 @contextlib.contextmanager

@@ -33,7 +33,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from gankd import checkpoint as ckpt
 from gankd.config import RunConfig
@@ -43,7 +42,8 @@ from gankd.errors import GankdError, RunDiverged, RunInterrupted
 from gankd.imaging import save_comparison, save_grid
 from gankd.losses import GeneratorObjective, critic_loss
 from gankd.models import Architecture, Critic, Generator, count_parameters
-from gankd.runtime import Runtime, check_precision, distributed_runtime, gather_rng, stop_flag, stop_requests
+from gankd.progress import progress
+from gankd.runtime import Runtime, check_precision, distributed_runtime, gather_rng, owned_run_folders, stop_flag, stop_requests
 
 SAMPLE_LATENT_SEED = 2_718_281  # fixed latents for the periodic sample grids
 PER_MEMBER = ("out", "depth", "critic_depth", "init")  # what may differ between the students of one run
@@ -203,11 +203,13 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
 
 def train_many(cfgs: list[RunConfig], resume: bool = False) -> list[Path]:
     """Train several students of one teacher in one pass (see the module docstring); returns their
-    run folders. Raises RunDiverged at the end if any student diverged (the others finish)."""
+    run folders. Raises RunDiverged at the end if any student diverged (the others finish).
+    Every run folder is locked before anything is written in it (one owner per folder)."""
     if not cfgs:
         raise GankdError("nothing to train")
     check_same_run(cfgs)
-    with distributed_runtime(cfgs[0].device) as runtime, stop_requests() as stop:
+    with distributed_runtime(cfgs[0].device) as runtime, owned_run_folders([Path(c.out) for c in cfgs], runtime), \
+            stop_requests() as stop:
         return _train(cfgs, resume, runtime, stop)
 
 
@@ -278,8 +280,7 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
             export_generator(m, m.step, elapsed, teacher)
     cap = max(m.cfg.steps for m in members)
     names = ", ".join(m.label for m in members)
-    bar = tqdm(total=cap, initial=step, desc=f"{base.method} {names}", unit="step",
-               disable=not rt.is_main or None, dynamic_ncols=True, mininterval=1.0)
+    bar = progress(cap, f"{base.method} {names}", "step", initial=step, enabled=rt.is_main)
     interval_start, interval_step = time.perf_counter(), step
 
     while any(m.status in ("active", "waiting") for m in members):

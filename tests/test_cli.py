@@ -10,7 +10,9 @@ from PIL import Image
 
 from conftest import run_gankd
 from gankd.checkpoint import prefixed, save_checkpoint
+from gankd.cli import build_parser, main
 from gankd.models import Architecture, Generator
+from gankd.progress import LineProgress, set_quiet
 
 COMMANDS = ["train", "distill", "sample", "info", "params", "evaluate", "sweep", "limit", "demo"]
 
@@ -19,9 +21,22 @@ def test_params_prints_the_paper_count() -> None:
     assert run_gankd("params", "--depth", "2", "--image-size", "64", "--channels", "1").stdout.strip() == "28351"
 
 
+def option_entries(help_text: str) -> dict[str, str]:
+    """Each option's help entry (flag line plus wrapped lines), keyed by its first flag."""
+    entries: dict[str, str] = {}
+    flag = None
+    for line in help_text.split("options:", 1)[1].splitlines():
+        if line.strip().startswith("-") and line.startswith("  -"):
+            flag = line.split()[0].rstrip(",")
+            entries[flag] = line.strip()
+        elif flag and line.startswith("   "):
+            entries[flag] += " " + line.strip()
+    return entries
+
+
 @pytest.mark.parametrize("command", COMMANDS)
-def test_help_explains_every_option(command: str) -> None:
-    out = run_gankd(command, "--help").stdout
+def test_help_explains_every_option_with_one_default(command: str) -> None:
+    out = build_parser()._subparsers._group_actions[0].choices[command].format_help()
     assert "usage: gankd " + command in out
     # argparse prints each option then its help text; an option with no help has nothing after it
     lines = out.splitlines()
@@ -30,6 +45,16 @@ def test_help_explains_every_option(command: str) -> None:
             rest = line.strip().split("  ", 1)
             following = lines[i + 1].strip() if i + 1 < len(lines) else ""
             assert len(rest) == 2 or (following and not following.startswith("-")), f"no help for {line.strip()}"
+    for flag, entry in option_entries(out).items():
+        assert entry.count("default:") <= 1, entry
+    if command == "distill":
+        assert "(default: mse)" in option_entries(out)["--method"]
+    if command == "sample":
+        assert "(default: 64)" in option_entries(out)["--n"] and "(default: 0)" in option_entries(out)["--seed"]
+
+
+def test_help_runs() -> None:
+    assert "usage: gankd distill" in run_gankd("distill", "--help").stdout
 
 
 def test_sample_and_info(mnist_teacher: Path, tmp_path: Path) -> None:
@@ -62,8 +87,27 @@ def test_out_of_range_values_are_usage_errors(args: list[str], message: str) -> 
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
-def one_line_error(result) -> str:
-    assert result.returncode == 1, result.stderr
+@pytest.mark.parametrize("args, message", [
+    (["train", "--seed", "18446744073709551615"], "--seed: must be <= 4294967295 (gankd's limit)"),
+    (["train", "--seed", "-1"], "--seed: must be >= 0"),
+    (["train", "--latent-dim", "1000000000"], "--latent-dim: must be <= 1024"),
+    (["train", "--batch-size", "10000000"], "--batch-size: must be <= 65536"),
+    (["distill", "--teacher", "x", "--depth", "4,100000"], "--depth: must be <= 512"),
+    (["params", "--depth", "513"], "--depth: must be <= 512"),
+    (["sample", "x", "--seed", "18446744073709551616"], "--seed: must be <= 4294967295"),
+    (["evaluate", "x", "--seed", "-5"], "--seed: must be in 0..4294967295"),
+    (["evaluate", "x", "--samples", "1000000000"], "--samples: must be in 10..200000"),
+    (["sample", "x", "--n", "1000000000"], "--n: must be <= 4096"),
+])
+def test_limits_are_usage_errors(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err
+
+
+def one_line_error(result, code: int = 1) -> str:
+    assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("gankd: error:")]
     assert len(lines) == 1, result.stderr
@@ -73,8 +117,56 @@ def one_line_error(result) -> str:
 def test_unknown_config_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"depht": 8}))
-    line = one_line_error(run_gankd("train", "--config", str(config), "--out", str(tmp_path / "r"), check=False))
+    line = one_line_error(run_gankd("train", "--config", str(config), "--out", str(tmp_path / "r"), check=False), code=2)
     assert "'depht'" in line and "did you mean 'depth'" in line
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"depth": "4"}, 'depth must be an integer, got "4"'),
+    ({"depth": None}, "depth must be an integer, got null"),
+    ({"depth": 4.0}, "depth must be an integer, got 4.0"),
+    ({"betas": 5}, "betas must be a list of 2 numbers or null, got 5"),
+    ({"betas": [0.5, "0.9"]}, "betas must be a list of 2 numbers"),
+    ({"alpha": True}, "alpha must be a number, got true"),
+    ({"channels_last": "yes"}, "channels_last must be true or false"),
+    ({"dataset": 3}, "dataset must be a string, got 3"),
+    ({"seed": 2**64 - 1}, "seed must be in 0..4294967295"),
+    ({"latent_dim": 10**9}, "latent size must be in 1..1024"),
+    ({"depth": 100_000}, "depth must be in 1..512"),
+])
+def test_config_values_of_the_wrong_type_or_range_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                    values: dict, message: str) -> None:
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(values))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("gankd: error:") == 1 and f"gankd: error: {config}: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_progress_in_a_log_is_plain_lines_and_quiet_is_silent(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["train", "--depth", "2", "--loss", "dcgan", "--steps", "3", "--log-every", "1"]
+    try:
+        assert main([*args, "--out", str(tmp_path / "r")]) == 0  # stderr is captured: not a terminal, as a log file
+        logged = capsys.readouterr().err
+        assert "\r" not in logged and "gan d=2: 3/3 steps (100%)" in logged and "steps/s" in logged
+        assert main([*args, "--out", str(tmp_path / "q"), "--quiet"]) == 0
+        quiet = capsys.readouterr()
+        assert quiet.err == "" and "done:" in quiet.out
+    finally:
+        set_quiet(False)
+
+
+def test_line_progress_reports_count_rate_and_eta(capsys: pytest.CaptureFixture) -> None:
+    bar = LineProgress(total=10, desc="work", unit="step", interval=0.0)
+    bar.update(4)
+    bar.set_postfix({"loss": "0.5"})
+    bar.update(1)
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("work: 4/10 steps (40%), ") and "steps/s, ETA 0:00:0" in lines[0]
+    assert lines[1].startswith("work: 5/10 steps (50%)") and lines[1].endswith("loss=0.5")
+    assert lines[2].startswith("work: 5/10 steps (50%)") and ", took 0:00:00" in lines[2] and len(lines) == 3
 
 
 @pytest.mark.parametrize("make, message", [

@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -540,6 +541,48 @@ def test_mnist_truncated_gzip(tmp_path):
     assert str(path) in str(err.value)
 
 
+def gzip_bomb(path: Path, header: bytes, zeros: int) -> None:
+    """A valid IDX header followed by ``zeros`` zero bytes, gzip-compressed (about 1000:1)."""
+    with path.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as f:
+        f.write(header)
+        block = bytes(1 << 22)
+        for _ in range(zeros // len(block)):
+            f.write(block)
+
+
+@pytest.mark.parametrize("claimed", [50, 100_000])
+def test_mnist_gzip_bomb_is_refused_after_the_header_size(tmp_path, small_mnist, monkeypatch, claimed):
+    """256 MiB of zeros behind a header declaring 50 (or 100,000) images: refused as soon as the
+    stream passes the declared size, having decompressed no more than that plus one chunk, and
+    before any array of the declared size is allocated."""
+    write_mnist(tmp_path, *small_mnist)
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    (tmp_path / "train-images-idx3-ubyte").unlink()
+    gzip_bomb(bomb, struct.pack(">4I", 2051, claimed, 28, 28), 256 << 20)
+    decompressed = []
+    real_read = gzip.GzipFile.read
+
+    def counting_read(self, size=-1):
+        chunk = real_read(self, size)
+        decompressed.append(len(chunk))
+        return chunk
+
+    allocated, real_empty = [], np.empty
+    monkeypatch.setattr(gzip.GzipFile, "read", counting_read)
+    monkeypatch.setattr(data.np, "empty", lambda *a, **k: allocated.append(a) or real_empty(*a, **k))
+    with pytest.raises(GankdError, match=rf"{bomb}: header says {claimed}x28x28 = {claimed * 784} bytes of data, the file holds more"):
+        load_dataset("mnist", tmp_path, 32)
+    assert sum(decompressed) <= 16 + claimed * 784 + data._READ_CHUNK and not allocated
+
+
+def test_mnist_header_over_the_limit_is_refused(tmp_path, small_mnist, monkeypatch):
+    images, labels = small_mnist
+    write_mnist(tmp_path, images, labels, gz=True)
+    monkeypatch.setattr(data, "MAX_IDX_BYTES", 49 * 784)
+    with pytest.raises(GankdError, match=r"header says 50x28x28 = 39,200 bytes of data, over gankd's limit of 38,416"):
+        load_dataset("mnist", tmp_path, 32)
+
+
 def test_mnist_missing_labels_file(tmp_path, small_mnist):
     write_mnist(tmp_path, *small_mnist)
     (tmp_path / "train-labels-idx1-ubyte").unlink()
@@ -584,6 +627,46 @@ def test_folder_corrupt_image(tmp_path, content):
     with pytest.raises(GankdError, match="cannot read image") as err:
         load_dataset("folder", tmp_path, 32)
     assert str(tmp_path / "b_bad.png") in str(err.value)
+
+
+@pytest.mark.parametrize("gankd_limit, pillow_limit, message", [
+    (300, 10_000, r"20x20 pixels, over gankd's limit of 300 per image"),  # gankd's check, from the header
+    (300, 350, r"20x20 pixels, over gankd's limit of 300 per image"),  # Pillow would warn first
+    (1000, 150, r"over gankd's limit of 1,000 pixels per image"),  # Pillow refuses first (over twice its limit)
+])
+def test_folder_image_over_the_pixel_limit(tmp_path, monkeypatch, recwarn, gankd_limit, pillow_limit, message):
+    """One line in gankd's words, and no Pillow warning printed before it."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a_small.png")
+    Image.new("L", (20, 20)).save(tmp_path / "b_big.png")
+    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", gankd_limit)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow_limit)
+    with pytest.raises(GankdError, match=message) as err:
+        load_dataset("folder", tmp_path, 32)
+    assert str(tmp_path / "b_big.png") in str(err.value)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_folder_of_greyscale_images_defaults_to_one_channel(tmp_path, capsys):
+    grey, colour = tmp_path / "grey", tmp_path / "colour"
+    pixels = np.random.default_rng(8).integers(0, 256, (5, 40, 48), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        (grey / "sub").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(grey / "sub" / f"{i}.png")
+    Image.new("1", (30, 30), 1).save(grey / "bilevel.bmp")
+    Image.new("LA", (30, 30), (90, 200)).save(grey / "alpha.png")
+    auto = load_dataset("folder", grey, 32)
+    assert "every image is greyscale: 1 channel" in capsys.readouterr().err
+    explicit = load_dataset("folder", grey, 32, channels=1)
+    check_valid(auto, 32)
+    assert auto.channels == 1 and torch.equal(auto.images, explicit.images) and auto.name == explicit.name
+    assert torch.equal(load_dataset("folder", grey, 32).images, auto.images)  # the cached result
+    assert "1 channel" in capsys.readouterr().err  # said again on a cache hit
+    assert load_dataset("folder", grey, 32, channels=3).channels == 3  # asked for: converted
+    shutil.copytree(grey, colour)
+    Image.new("RGB", (30, 30), (200, 10, 10)).save(colour / "red.png")
+    mixed = load_dataset("folder", colour, 32)
+    assert mixed.channels == 3 and "colour images: 3 channels" in capsys.readouterr().err
+    assert torch.equal(mixed.images, load_dataset("folder", colour, 32, channels=3).images)
 
 
 def test_folder_truncated_image(tmp_path):
@@ -679,6 +762,6 @@ FUZZ_SEEDS = {ext: image_seed(ext[1:].replace("jpg", "jpeg").upper()) for ext in
 def test_fuzz_image_folder(ext, draw):
     content = draw.draw(mutated(FUZZ_SEEDS[ext], 120))
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Image, "MAX_IMAGE_PIXELS", 1 << 20)  # keep mutated headers from allocating gigabytes
+        mp.setattr(data, "MAX_IMAGE_PIXELS", 1 << 20)  # keep mutated headers from allocating gigabytes
         (Path(tmp) / f"image{ext}").write_bytes(content)
         load_or_gankd_error("folder", tmp, 32)

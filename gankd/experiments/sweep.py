@@ -23,13 +23,12 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from gankd.checkpoint import load_generator
 from gankd.errors import GankdError
 from gankd.experiments.jobs import (EVALUATION_DEFAULTS, QUALITY, Job, Model, columns_of, evaluate_model, make_job, metric_value,
                                     refresh, run_job)
 from gankd.files import atomic_write_bytes
+from gankd.progress import progress, track
 from gankd.runtime import resolve_device
 
 METHODS = ("mse", "joint", "regular")
@@ -178,7 +177,7 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int) -> None:
     for job in plan.jobs:
         refresh(job)
     threads = max(1, (os.cpu_count() or 1) // parallel)
-    bar = tqdm(total=sum(j.status != "done" for j in plan.jobs), desc="sweep jobs", unit="job", disable=None)
+    bar = progress(sum(j.status != "done" for j in plan.jobs), "sweep jobs", "job")
     first_seed_regular = list(plan.regular) if plan.recipes and len(plan.recipes) > 1 else []
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         running: dict[Future, Job] = {}
@@ -228,6 +227,6 @@ def evaluate_all(plan: Plan, settings: dict[str, Any]) -> None:
     teacher = plan.teacher.models[0] if plan.teacher.status == "done" else None
     models = [m for job in plan.jobs for m in job.models if m.status == "done"]
     data_root = plan.spec["data"].get("data")
-    for model in tqdm(models, desc="evaluating", unit="model", disable=None):
+    for model in track(models, "evaluating", "model"):
         model.evaluation = evaluate_model(model, settings["metrics"], settings["samples"], settings["seed"], device,
                                           teacher if model.method in ("mse", "joint") else None, data_root)

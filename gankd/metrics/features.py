@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from gankd.data import ImageData, to_uint8, to_unit_range
 from gankd.errors import GankdError
+from gankd.progress import progress
 from gankd.sampling import sample_latents
 
 FeatureNetwork = Callable[[torch.Tensor], torch.Tensor]
@@ -63,9 +63,9 @@ def extract(
         raise GankdError(f"the number of samples must be positive, got {count}")
     device = torch.device(device)
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in networks}
-    with tqdm(total=count, desc=desc, unit="img") as progress, torch.inference_mode():
+    with progress(count, desc, "img") as bar, torch.inference_mode():
         for images in image_batches(source, count, batch_size, seed, device, latent_dim):
             for name, network in networks.items():
                 outputs[name].append(network(images).float().cpu().numpy())
-            progress.update(images.shape[0])
+            bar.update(images.shape[0])
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
