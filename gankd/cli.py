@@ -85,7 +85,8 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("critic_depth", {"type": _int_at_least(1, MAX_DEPTH)}, "critic depth (default: the generator's depth; with the dcgan loss "
                                                             "at most 32, 16, 8 at 32, 64, 128 pixels, so that the critic does not win outright)"),
     ("init", {}, "start from the weights of this gankd generator of the same architecture (fine-tuning, e.g. a joint "
-                 "student from an MSE one); a run resumed from its checkpoint ignores it"),
+                 "student from an MSE one; with several depths, {depth} in the path stands for each one's); a run resumed "
+                 "from its checkpoint ignores it"),
     ("latent_dim", {"type": _int_at_least(1, MAX_LATENT_DIM)}, "latent size (default: the teacher's, else 100)"),
     ("loss", {"choices": LOSSES}, "adversarial loss: wgan-gp (lambda 10, 5 critic steps, Adam 1e-4 (0.5, 0.9)) "
                                   "or dcgan (non-saturating, 1 critic step, Adam 2e-4 (0.5, 0.999))"),
@@ -178,8 +179,13 @@ def configs_from_args(args: argparse.Namespace, method: str) -> tuple[list[RunCo
         raise GankdError("several depths need --out, the folder that gets one run folder d<depth> each")
     configs = []
     for depth in depths:
-        one = argparse.Namespace(**{**vars(args), "depth": depth, "out": f"{args.out}/d{depth}" if len(depths) > 1 else args.out})
-        configs.append(config_from_args(one, method))
+        own = {"depth": depth, "out": f"{args.out}/d{depth}" if len(depths) > 1 else args.out}
+        if getattr(args, "init", None):  # "{depth}" in --init stands for each student's own depth
+            own["init"] = args.init.replace("{depth}", str(depth))
+        cfg, resume = config_from_args(argparse.Namespace(**{**vars(args), **own}), method)
+        if cfg.init and "{depth}" in cfg.init:  # the same, from a --config file
+            cfg.init = cfg.init.replace("{depth}", str(cfg.depth))
+        configs.append((cfg, resume))
     return [cfg for cfg, _ in configs], configs[0][1]
 
 

@@ -27,7 +27,7 @@ TINY = {
     "teacher": {"depth": 8, "loss": "dcgan", "steps": 10},
     "depths": [2, 4],
     "methods": {"mse": {"steps": 12, "patience": 2, "eval_every": 4},
-                "joint": {"alpha": 0.3, "loss": "dcgan", "steps": 5},
+                "joint": {"alpha": 0.3, "loss": "dcgan", "steps": 5, "init": "mse"},
                 "regular": {"recipes": {"dcgan-c8": {"loss": "dcgan", "critic_depth": 8, "steps": 5},
                                         "dcgan-c4": {"loss": "dcgan", "critic_depth": 4, "steps": 5}}}},
     "evaluation": {"metrics": ["is", "cfid", "fidelity"], "samples": 200},
@@ -69,6 +69,8 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
         assert 1 <= float(row["is"]) <= 10 and float(row["cfid"]) > 0 and int(row["samples"]) == 200
         assert (row["fidelity_mse"] != "") == (row["method"] in ("mse", "joint"))
     assert all(r["stopped"] for r in rows if r["method"] != "teacher")
+    joint = json.loads((out / "runs" / "joint" / "s1" / "d4" / "config.json").read_text())
+    assert joint["init"] == str(out / "runs" / "mse" / "s1" / "d4" / "generator.safetensors")  # warm-started from its MSE student
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dataset"] == "mnist" and summary["teacher"]["metric"] == "is" and summary["teacher"]["params"] > 0

@@ -57,6 +57,7 @@ class Job:
     configs: list[RunConfig]
     models: list[Model]
     recipe: str = ""
+    options: dict[str, Any] = field(default_factory=dict)  # shared by its models; "{depth}" in init stands for each one's
     status: str = "pending"
     error: str = ""
 
@@ -67,13 +68,17 @@ class Job:
 
 def make_job(name: str, method: str, seed: int, folder: Path, depths: list[int], options: dict[str, Any], recipe: str = "",
              source: str = "config") -> Job:
-    """A job training ``depths`` with ``options`` (RunConfig keys), validated now."""
+    """A job training ``depths`` with ``options`` (RunConfig keys), validated now. ``{depth}`` in
+    ``options["init"]`` stands for each model's depth (e.g. joint students from MSE ones)."""
+    options = {**options, "seed": seed}
     configs = []
     for depth in depths:
         out = folder if method == "teacher" else folder / f"d{depth}"
-        configs.append(RunConfig.from_dict({**options, "depth": depth, "seed": seed, "out": str(out)}, f"{source} ({name})"))
+        init = options.get("init")
+        own = {**options, "depth": depth, "out": str(out), **({"init": init.format(depth=depth)} if init else {})}
+        configs.append(RunConfig.from_dict(own, f"{source} ({name})"))
     models = [Model(method, c.depth, seed, Path(c.out) / "generator.safetensors", recipe) for c in configs]
-    return Job(name, method, seed, configs, models, recipe)
+    return Job(name, method, seed, configs, models, recipe, options)
 
 
 def model_finished(model: Model, cfg: RunConfig | None) -> bool:
@@ -116,11 +121,8 @@ def run_job(job: Job, threads: int) -> None:
         return
     folder = job.folder
     folder.mkdir(parents=True, exist_ok=True)
-    options = job.configs[0].to_dict()
-    for key in ("depth", "out"):
-        options.pop(key)
     config_path = folder / "job.json"
-    atomic_write_bytes(config_path, (json.dumps(options, indent=2) + "\n").encode())
+    atomic_write_bytes(config_path, (json.dumps(job.options, indent=2) + "\n").encode())
     command = "distill" if job.method in ("mse", "joint") else "train"
     depths = ",".join(str(c.depth) for c in job.configs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

@@ -7,7 +7,9 @@ depths, the seeds, and the settings of the three ways of getting a small generat
     joint    students distilled by MSE + adversarial      (gankd distill --method joint)
     regular  GANs of the students' sizes from scratch     (gankd train)
 
-The students of one method and seed train together in one teacher pass. ``regular`` may list
+The students of one method and seed train together in one teacher pass. ``"init": "mse"`` in the
+joint method's settings starts each joint student from the MSE student of its seed and depth
+(an MSE warm start; the joint job then runs after that MSE job). ``regular`` may list
 several recipes (critic size and loss, ...): each is trained at the first seed, the best one at
 each depth (by the primary metric) is trained at the other seeds, and the report says which was
 chosen and why, so "the student beats the regular GAN" is won against the best recipe tried.
@@ -99,6 +101,7 @@ class Plan:
         self.seeds: list[int] = spec.get("seeds", [0])
         self.depths: list[int] = spec["depths"]
         self.teacher = self._teacher_job()
+        self.after: dict[str, str] = {}  # job name -> the job it starts from (joint students warm-started from MSE ones)
         self.students = [self._job(method, seed, self.depths) for method in ("mse", "joint") if method in spec["methods"]
                          for seed in self.seeds]
         self.recipes = recipes(spec)
@@ -131,6 +134,11 @@ class Plan:
         else:
             options = {**self.base, **self.spec["methods"][method], "method": method, "teacher": str(self.teacher.models[0].checkpoint)}
             folder, name = self.runs / method / f"s{seed}", f"{method}/s{seed}"
+            if options.get("init") == "mse":
+                if method != "joint" or "mse" not in self.spec["methods"]:
+                    raise GankdError(f"{self.source}: \"init\": \"mse\" starts joint students from the sweep's MSE students")
+                options["init"] = str(self.runs / "mse" / f"s{seed}" / "d{depth}" / "generator.safetensors")
+                self.after[name] = f"mse/s{seed}"
         return make_job(name, method, seed, folder, depths, options, recipe, self.source)
 
     def choose_recipes(self, score: dict[tuple[str, int], float | None], higher_is_better: bool) -> list[Job]:
@@ -194,10 +202,17 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int) -> None:
             if not students_started and plan.teacher.status in ("done", "failed"):
                 students_started = True
                 if plan.teacher.status == "done":
-                    submit(plan.students)
+                    submit([job for job in plan.students if job.name not in plan.after])
                 else:
                     for job in plan.students:
                         job.status, job.error = "skipped", "the teacher did not finish"
+            for job in plan.students:  # warm-started jobs, once the job they start from has finished
+                if job.name in plan.after and job.status == "pending" and job not in running.values():
+                    first = next(j for j in plan.students if j.name == plan.after[job.name])
+                    if first.status == "done":
+                        submit([job])
+                    elif first.status in ("failed", "skipped"):
+                        job.status, job.error = "skipped", f"{first.name} did not finish"
             if first_seed_regular and not regular_chosen and all(j.status in ("done", "failed") for j in first_seed_regular):
                 regular_chosen = True
                 score = {}
