@@ -9,8 +9,9 @@ copies raw buffers: it can never execute code from the file.
 Writes are atomic (temporary file in the same folder, flushed, fsync'd, renamed over the old
 one, folder fsync'd), so a crash at any moment leaves either the old or the new checkpoint.
 
-A teacher may also be a TorchScript file of the user's own. TorchScript is code: loading it runs
-what its author compiled in, so it is only ever loaded when the user names the file.
+A generator may also be an ONNX file (:mod:`gankd.onnx_generator`: a checked graph run by ONNX
+Runtime; loading it runs no code) or a TorchScript file of the user's own. TorchScript is code:
+loading it runs what its author compiled in, so it is only ever loaded when the user names the file.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import nn
 from gankd.errors import GankdError
 from gankd.files import atomic_write_bytes
 from gankd.models import Architecture, Generator, count_parameters
+from gankd.onnx_generator import load_onnx_generator, looks_like_onnx
 
 FORMAT = "gankd-checkpoint"
 VERSION = 1
@@ -51,6 +53,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     looks_like_safetensors = len(payload) > 8 and 8 + header_len <= len(payload) and payload[8:9] == b"{"
     if not looks_like_safetensors and payload[:2] == b"PK" and is_torchscript(path):
         raise GankdError(f"{path}: a TorchScript file, not a gankd checkpoint (TorchScript is accepted as --teacher)")
+    if not looks_like_safetensors and looks_like_onnx(payload[:16]):
+        raise GankdError(f"{path}: an ONNX file, not a gankd checkpoint (ONNX is accepted by sample, info, evaluate and as --teacher)")
     if not looks_like_safetensors and payload[:1] in (b"\x80", b"P"):  # torch.save: raw pickle, or a zip of pickles
         raise GankdError(
             f"{path}: this is a pickle-based PyTorch file; gankd refuses to unpickle it because "
@@ -126,7 +130,8 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu", latent_dim: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """An eval-mode generator and its metadata, from a gankd checkpoint or a TorchScript file.
+    """An eval-mode generator and its metadata, from a gankd checkpoint, an ONNX file (run by ONNX
+    Runtime on the CPU; see :mod:`gankd.onnx_generator`) or a TorchScript file.
 
     For TorchScript the architecture is read by running it: ``latent_dim`` (default: the
     module's ``latent_dim`` attribute, else 100) is fed in and the image shape read off the
@@ -137,6 +142,9 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", latent_
         raise GankdError(f"{path}: no such file")
     if is_torchscript(path):
         return _load_torchscript_generator(path, torch.device(device), latent_dim)
+    with path.open("rb") as file:
+        if looks_like_onnx(file.read(16)):
+            return load_onnx_generator(path)
     tensors, meta = read_checkpoint(path)
     if "arch" not in meta:
         raise GankdError(f"{path}: checkpoint metadata has no architecture")

@@ -12,7 +12,7 @@ from conftest import run_gankd
 from gankd.checkpoint import prefixed, save_checkpoint
 from gankd.models import Architecture, Generator
 
-COMMANDS = ["train", "distill", "sample", "info", "params", "evaluate", "sweep", "demo"]
+COMMANDS = ["train", "distill", "sample", "info", "params", "evaluate", "sweep", "demo", "export"]
 
 
 def test_params_prints_the_paper_count() -> None:
