@@ -204,6 +204,7 @@ def export_generator(checkpoint: str | Path, out: str | Path, int8: bool = False
     """Export a gankd checkpoint's generator to ``out`` (float32, or int8), run the parity check,
     and write the file only if it passes."""
     checkpoint, out = Path(checkpoint), Path(out)
+    require_onnx("export")
     if opset not in OPSETS:
         raise GankdError(f"--opset: must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset}")
     generator, meta = load_generator(checkpoint)
@@ -305,20 +306,22 @@ def onnx_runner(data: bytes, threads: int) -> Callable[[np.ndarray], Callable[[]
     return bind
 
 
-def time_paths(paths: dict[str, Callable[[np.ndarray], Callable[[], Any]]], latent_dim: int) -> dict[str, dict[str, float]]:
-    """Latency p50/p95 (ms) at batch 1 and images/s at batch 64 of each path, measured in
-    ROUNDS rounds that visit every path in turn (so load on a shared machine hits them alike),
-    each path running for ROUND_SECONDS per batch size per round after one warm-up call."""
+def time_paths(paths: dict[str, Callable[[np.ndarray], Callable[[], Any]]], latent_dim: int,
+               rounds: int = ROUNDS, round_seconds: float = ROUND_SECONDS) -> dict[str, dict[str, float]]:
+    """Latency p50/p95 (ms) at batch 1 and images/s (from the median call) at batch 64 of each
+    path, measured in ``rounds`` rounds that visit every path in turn (so load on a shared
+    machine hits them alike), each path running ``round_seconds`` per batch size per round,
+    after one warm-up call."""
     latents = {batch: sample_latents(batch, latent_dim, PARITY_SEED).numpy() for batch in (LATENCY_BATCH, THROUGHPUT_BATCH)}
     calls = {(name, batch): bind(latents[batch]) for name, bind in paths.items() for batch in latents}
     seconds: dict[tuple[str, int], list[float]] = {key: [] for key in calls}
     with torch.inference_mode():
         for call in calls.values():
             call()
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             for key, call in calls.items():
                 start = time.perf_counter()
-                while time.perf_counter() - start < ROUND_SECONDS:
+                while time.perf_counter() - start < round_seconds:
                     t = time.perf_counter()
                     call()
                     seconds[key].append(time.perf_counter() - t)

@@ -219,11 +219,15 @@ HOSTILE = {
 
 @pytest.mark.parametrize("case", HOSTILE)
 def test_hostile_onnx_files_end_in_one_line(case: str, exported: dict[str, Path], tmp_path: Path) -> None:
+    """Through ``gankd info``; and as a teacher for two of them (the same loader serves both)."""
     make, message = HOSTILE[case]
     folder = tmp_path / "models"
     folder.mkdir()
     path = make(folder, exported["float32"])
-    for command in (["info", str(path)], ["distill", "--teacher", str(path), "--out", str(tmp_path / "run"), "--steps", "1"]):
+    commands = [["info", str(path)]]
+    if case in ("truncated", "external data in the parent folder"):
+        commands.append(["distill", "--teacher", str(path), "--out", str(tmp_path / "run"), "--steps", "1"])
+    for command in commands:
         result = run_gankd(*command, check=False)
         assert result.returncode == 1, (case, command, result.stderr)
         assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"gankd: error: {path}: "), result.stderr
