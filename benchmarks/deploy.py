@@ -1,6 +1,6 @@
 """Deployment benchmark: the ways to run a generator on a CPU, timed in one run.
 
-    python -m benchmarks.deploy [--threads 1,2] [--depths 2,4,8,16,64] [--quick] [--json OUT]
+    python -m benchmarks.deploy [--threads 1,2] [--depths 2,4,8,16,64] [--quick] [--json OUT] [--int8-variants]
 
 For students d = 2, 4, 8, 16 and a d = 64 teacher (32x32x1 images, latent 100, as the committed
 MNIST results; untrained networks with settled BatchNorm statistics, which time like trained
@@ -10,6 +10,9 @@ BatchNorm), ONNX Runtime float32 and int8 (``gankd.export``; plain ``InferenceSe
 numpy input, as a deployment runs them). Latency p50/p95 at batch 1, throughput at batch 64,
 file sizes, and the issue's targets as same-run ratios. Timing is ``gankd.export.time_paths``
 (the code behind ``gankd export --bench``): rounds that visit every path in turn.
+
+``--int8-variants`` instead compares the int8 choices (QDQ or QOperator, per-tensor or
+per-channel weights) with the float model: size, difference to PyTorch, speed.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from safetensors.torch import save as st_save  # noqa: E402
 
 from benchmarks.run import machine_description, settled_generator  # noqa: E402
 from gankd.export import (FLOAT_TOLERANCE, INT8_TOLERANCE, ROUND_SECONDS, ROUNDS, deployment_paths, onnx_bytes,  # noqa: E402
-                          parity, quantize_int8, time_paths)
+                          onnx_runner, parity, quantize_int8, time_paths)
 from gankd.models import Architecture  # noqa: E402
 
 DEPTHS = (2, 4, 8, 16, 64)
@@ -56,6 +59,26 @@ def bench_network(depth: int, threads: int, rounds: int, round_seconds: float) -
         "max_abs_diff": {k: v[0] for k, v in differences.items()},
         "timings": timings,
     }
+
+
+def bench_int8_variants(depth: int, threads: int, rounds: int, round_seconds: float) -> str:
+    """One table: the float model and each int8 variant of one network, timed in one run."""
+    arch = Architecture(depth, image_size=32, channels=1, latent_dim=100)
+    generator = settled_generator(arch, torch.device("cpu"), seed=depth)
+    subpixel = onnx_bytes(generator, subpixel=True)
+    models = {"float32": onnx_bytes(generator)}
+    for quant_format in ("QDQ", "QOperator"):
+        for per_channel in (False, True):
+            label = f"int8 {quant_format} {'per-channel' if per_channel else 'per-tensor'}"
+            models[label] = quantize_int8(subpixel, arch.latent_dim, per_channel=per_channel, quant_format=quant_format)
+    paths = {label: onnx_runner(data, threads) for label, data in models.items()}
+    timings = time_paths(paths, arch.latent_dim, rounds, round_seconds)
+    lines = [f"d={depth}, {threads} thread(s):", "| model | bytes | max diff | MSE | p50 ms (b=1) | img/s (b=64) |", "|---|---:|---:|---:|---:|---:|"]
+    for label, data in models.items():
+        max_diff, mse = parity(generator, data, label, FLOAT_TOLERANCE if label == "float32" else INT8_TOLERANCE)
+        t = timings[label]
+        lines.append(f"| {label} | {len(data):,} | {max_diff:.2g} | {mse:.2g} | {t['latency_ms_p50']:.4f} | {t['images_per_s']:,.0f} |")
+    return "\n".join(lines)
 
 
 def ratios(row: dict[str, Any]) -> dict[str, float]:
@@ -107,9 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (torch and ONNX Runtime alike)")
     parser.add_argument("--depths", default=",".join(map(str, DEPTHS)), help="generator depths (64 is the teacher)")
     parser.add_argument("--quick", action="store_true", help="short rounds (a smoke test; figures are noisier)")
+    parser.add_argument("--int8-variants", action="store_true", help="compare the int8 variants instead (printed, no JSON)")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("deploy.json"), metavar="OUT", help="where to write the results")
     args = parser.parse_args(argv)
     rounds, round_seconds = (2, 0.02) if args.quick else (ROUNDS, ROUND_SECONDS)
+    if args.int8_variants:
+        print(machine_description(torch.device("cpu"))["description"])
+        for threads in (int(t) for t in args.threads.split(",")):
+            torch.set_num_threads(threads)
+            for depth in (int(d) for d in args.depths.split(",")):
+                print(bench_int8_variants(depth, threads, rounds, round_seconds) + "\n")
+        return 0
     results: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": "python -m benchmarks.deploy " + " ".join(argv if argv is not None else sys.argv[1:]),
