@@ -50,12 +50,13 @@ def looks_like_onnx(head: bytes) -> bool:
 
 def session_options(threads: int | None = None) -> Any:
     """ONNX Runtime options: ``threads`` intra-op threads (default: torch's thread count, so that
-    ``OMP_NUM_THREADS`` governs both), one inter-op thread, errors-only logging."""
+    ``OMP_NUM_THREADS`` governs both), one inter-op thread, and no logging of its own (a failing
+    model becomes one GankdError line, not a log line before it)."""
     _, ort = require_onnx("ONNX Runtime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only
     return options
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import run_gankd
@@ -211,6 +213,7 @@ HOSTILE = {
     "declared rank-3 output": (lambda d, src: _graph_file(d / "m.onnx", ["N", 16], ["N", 4, 4], [0, 4, 4]), "(N, C, S, S)"),
     "rank-3 output": (lambda d, src: _graph_file(d / "m.onnx", ["N", 16], ["N", "C", "H", "W"], [0, 4, 4]), "(N, C, S, S)"),
     "two channels": (lambda d, src: _graph_file(d / "m.onnx", ["N", 32], None, [0, 2, 4, 4]), "C in (1, 3)"),
+    "fails when run": (lambda d, src: _graph_file(d / "m.onnx", ["N", 16], None, [0, 1, 4, 5]), "fails on a (2, 16) latent batch"),
     "truncated": (lambda d, src: _truncated(src, d / "m.onnx"), "not a readable ONNX model"),
     "external data in the parent folder": (lambda d, src: _with_external_weights(src, d / "m.onnx", "../outside.bin"), "outside the model's folder"),
     "external data at an absolute path": (lambda d, src: _with_external_weights(src, d / "m.onnx", str(d.parent / "abs.bin")), "outside the model's folder"),
@@ -251,3 +254,20 @@ def test_without_the_onnx_extra_one_line_names_it(exported: dict[str, Path]) -> 
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert "needs the onnx extra (pip install 'gankd[onnx]'" in result.stderr
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0.0, 1.0), flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(1, 255)), max_size=8))
+def test_fuzz_damaged_onnx_files_load_or_fail_with_gankd_error(exported: dict[str, Path], tmp_path: Path, cut: float, flips: list) -> None:
+    """A truncated or bit-damaged export either still loads as a generator or raises GankdError."""
+    data = bytearray(exported["float32"].read_bytes())
+    data = data[: max(2, int(len(data) * cut))] if cut < 1 else data
+    for where, mask in flips:
+        data[int(where * (len(data) - 1))] ^= mask
+    path = tmp_path / "damaged.onnx"
+    path.write_bytes(bytes(data))
+    try:
+        generator, meta = load_generator(path)
+    except GankdError:
+        return
+    assert meta["arch"]["latent_dim"] >= 1 and meta["arch"]["channels"] in (1, 3)
