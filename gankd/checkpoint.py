@@ -14,8 +14,9 @@ ranges, and the generator's tensor names, shapes, dtypes and values (finite) are
 before a network is built, so a crafted file ends with one line, not a traceback or a huge
 allocation. Tensors are never converted: a float16 or int32 weight is refused, not cast.
 
-A teacher may also be a TorchScript file of the user's own. TorchScript is code: loading it runs
-what its author compiled in, so it is only ever loaded when the user names the file.
+A generator may also be an ONNX file (:mod:`gankd.onnx_generator`: a checked graph run by ONNX
+Runtime; loading it runs no code) or a TorchScript file of the user's own. TorchScript is code:
+loading it runs what its author compiled in, so it is only ever loaded when the user names the file.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from torch import nn
 from gankd.errors import GankdError
 from gankd.files import atomic_write_bytes
 from gankd.models import Architecture, Generator, count_parameters
+from gankd.onnx_generator import load_onnx_generator, looks_like_onnx
 
 FORMAT = "gankd-checkpoint"
 VERSION = 1
@@ -64,6 +66,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if payload[8:9] != b"{":
         if payload[:4] == b"PK\x03\x04" and is_torchscript(path):
             raise GankdError(f"{path}: a TorchScript file, not a gankd checkpoint (TorchScript is accepted as --teacher)")
+        if looks_like_onnx(payload[:16]):
+            raise GankdError(f"{path}: an ONNX file, not a gankd checkpoint (ONNX is accepted by sample, info, evaluate and as --teacher)")
         if payload[:4] == b"PK\x03\x04" or payload[:1] == b"\x80":  # torch.save: a zip of pickles, or a raw pickle
             raise GankdError(
                 f"{path}: this is a pickle-based PyTorch file; gankd refuses to unpickle it because "
@@ -223,7 +227,8 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu", latent_dim: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """An eval-mode generator and its metadata, from a gankd checkpoint or a TorchScript file.
+    """An eval-mode generator and its metadata, from a gankd checkpoint, an ONNX file (run by ONNX
+    Runtime on the CPU; see :mod:`gankd.onnx_generator`) or a TorchScript file.
 
     For TorchScript the architecture is read by running it: ``latent_dim`` (default: the
     module's ``latent_dim`` attribute, else 100) is fed in and the image shape read off the
@@ -234,6 +239,9 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", latent_
         raise GankdError(f"{path}: no such file")
     if is_torchscript(path):
         return _load_torchscript_generator(path, torch.device(device), latent_dim)
+    with path.open("rb") as file:
+        if looks_like_onnx(file.read(16)):
+            return load_onnx_generator(path)
     tensors, meta = read_checkpoint(path)
     if "arch" not in meta:
         raise GankdError(f"{path}: checkpoint metadata has no architecture")

@@ -228,17 +228,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def describe_checkpoint(path: str) -> dict[str, Any]:
     """What `gankd info` prints: architecture, size, cost and compression against the teacher."""
     from gankd.checkpoint import load_generator
-    from gankd.models import multiply_adds
+    from gankd.metrics.cost import generator_multiply_adds
 
     generator, meta = load_generator(path)
     arch = meta["arch"]
     info = {
         "file": path,
         "file_bytes": Path(path).stat().st_size,
-        "method": meta.get("method", "torchscript"),
+        "format": meta.get("format"),
+        "method": meta.get("method") or meta.get("format"),
         "architecture": arch,
         "parameters": meta["parameters"],
-        "multiply_adds_per_image": multiply_adds(generator, (arch["latent_dim"],)),
+        "multiply_adds_per_image": generator_multiply_adds(generator, meta),
         "step": meta.get("step"),
         "loss": meta.get("loss"),
         "dataset": meta.get("dataset"),
@@ -315,6 +316,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from gankd.export import bench_exported, export_generator, format_export, format_timings
+
+    result = export_generator(args.checkpoint, args.out, int8=args.int8, opset=args.opset)
+    print(format_export(result))
+    if args.bench:
+        print(format_timings(bench_exported(args.checkpoint, result), torch.get_num_threads()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gankd", description="Compress GAN generators by knowledge distillation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -376,6 +389,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_evaluate)
+
+    from gankd.export import DEFAULT_OPSET, OPSETS
+
+    p = sub.add_parser("export", help="a generator as an ONNX file (float32 or int8) for ONNX Runtime, checked against PyTorch")
+    p.add_argument("checkpoint", metavar="CKPT", help="gankd checkpoint (.safetensors)")
+    p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--int8", action="store_true", help="static int8 quantisation calibrated on latents (QDQ); "
+                                                       "prints the float model's size and parity beside it")
+    p.add_argument("--opset", type=int, choices=OPSETS, default=DEFAULT_OPSET, metavar="N",
+                   help=f"ONNX opset, {OPSETS.start}..{OPSETS.stop - 1} (default: {DEFAULT_OPSET})")
+    p.add_argument("--bench", action="store_true", help="then time PyTorch eager, gankd's PyTorch path and ONNX Runtime "
+                                                        "(batch-1 latency, batch-64 throughput; OMP_NUM_THREADS threads)")
+    p.set_defaults(func=cmd_export)
+
     for command in sub.choices.values():
         command.formatter_class = _OneDefaultFormatter
         command.add_argument("--quiet", action="store_true", help="no progress output (errors and results still print)")

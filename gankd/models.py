@@ -155,13 +155,27 @@ def _tanh(x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(x) if x.requires_grad else x.mul_(2).sigmoid_().mul_(2).sub_(1)
 
 
+def fold_batchnorm(generator: Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, bias) of each transposed convolution with the eval-mode BatchNorm after it folded
+    in: y = (x - mean) / sqrt(var + eps) makes weight W * s and bias (b - mean) * s,
+    s = 1 / sqrt(var + eps) per output channel. Detached tensors on the generator's device."""
+    convs = [m for m in generator.net if isinstance(m, nn.ConvTranspose2d)]
+    norms = [m for m in generator.net if isinstance(m, nn.BatchNorm2d)]
+    layers = []
+    for i, conv in enumerate(convs):
+        w, b = conv.weight.detach(), conv.bias.detach()
+        if i < len(norms):
+            scale = torch.rsqrt(norms[i].running_var + norms[i].eps)
+            w, b = w * scale.view(1, -1, 1, 1), (b - norms[i].running_mean) * scale
+        layers.append((w, b))
+    return layers
+
+
 class FoldedGenerator(nn.Module):
     """A frozen copy of an eval-mode :class:`Generator` with its BatchNorms folded away.
 
-    Eval-mode BatchNorm is y = (x - mean) / sqrt(var + eps), so a transposed convolution with
-    weight W and bias b followed by it equals one with weight W * s and bias (b - mean) * s,
-    s = 1 / sqrt(var + eps) per output channel. The first layer maps a 1x1 input to 4x4, a plain
-    matrix product z @ W.
+    Each BatchNorm is folded into the transposed convolution before it (:func:`fold_batchnorm`).
+    The first layer maps a 1x1 input to 4x4, a plain matrix product z @ W.
 
     On the CPU the activations are kept channels-last (oneDNN's fast layout), the batch is run
     in chunks of ``CPU_CHUNK_ROWS`` (activations stay in cache), layers with few output channels
@@ -172,18 +186,13 @@ class FoldedGenerator(nn.Module):
     def __init__(self, generator: Generator):
         super().__init__()
         self.arch = generator.arch
-        convs = [m for m in generator.net if isinstance(m, nn.ConvTranspose2d)]
-        norms = [m for m in generator.net if isinstance(m, nn.BatchNorm2d)]
-        weight = convs[0].weight
+        weight = generator.net[0].weight
         self.on_cpu = weight.device.type == "cpu"
         self.channels_last = self.on_cpu or weight.is_contiguous(memory_format=torch.channels_last)
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         self.subpixel: list[bool] = []
-        for i, conv in enumerate(convs):
-            w, b = conv.weight.detach(), conv.bias.detach()
-            if i < len(norms):
-                scale = torch.rsqrt(norms[i].running_var + norms[i].eps)
-                w, b = w * scale.view(1, -1, 1, 1), (b - norms[i].running_mean) * scale
+        layers = fold_batchnorm(generator)
+        for i, (w, b) in enumerate(layers):
             subpixel = i > 0 and self.on_cpu and w.shape[1] <= SUBPIXEL_MAX_CHANNELS
             if i == 0:  # (latent, C, 4, 4) -> (latent, C * 16): z @ w is the first layer's output
                 w, b = w.reshape(w.shape[0], -1), b.repeat_interleave(w.shape[2] * w.shape[3])
@@ -192,7 +201,7 @@ class FoldedGenerator(nn.Module):
             self.subpixel.append(subpixel)
             self.register_buffer(f"weight{i}", w.contiguous(memory_format=layout if i else torch.contiguous_format), persistent=False)
             self.register_buffer(f"bias{i}", b.contiguous(), persistent=False)
-        self.num_layers = len(convs)
+        self.num_layers = len(layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         z = z.reshape(z.shape[0], -1)

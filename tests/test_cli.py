@@ -14,7 +14,7 @@ from gankd.cli import build_parser, main
 from gankd.models import Architecture, Generator
 from gankd.progress import LineProgress, set_quiet
 
-COMMANDS = ["train", "distill", "sample", "info", "params", "evaluate", "sweep", "limit", "demo"]
+COMMANDS = ["train", "distill", "sample", "info", "params", "evaluate", "sweep", "limit", "demo", "export"]
 
 
 def test_params_prints_the_paper_count() -> None:
