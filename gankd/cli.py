@@ -113,9 +113,10 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("compile", {"action": "store_const", "const": True}, "torch.compile the networks"),
 ]
 DISTILL_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
-    ("teacher", {}, "teacher: a gankd checkpoint, or a TorchScript generator file (code you trust) "
-                    "mapping (N, latent) to (N, C, S, S) images in [-1, 1]"),
-    ("method", {"choices": ("mse", "joint")}, "mse: (pixel) MSE to the teacher, no data; joint: (1 - alpha) MSE + alpha adversarial"),
+    ("teacher", {}, "teacher: a gankd checkpoint, or your own generator as an ONNX file (recommended: loading runs no "
+                    "code) or a TorchScript file (code you trust), mapping (N, latent) to (N, C, S, S) images in [-1, 1]"),
+    ("method", {"choices": ("mse", "joint")}, "mse: (pixel) MSE to the teacher, no data; joint: MSE plus an adversarial "
+                                              "term from a critic trained on real data (see --alpha, --balance)"),
     ("alpha", {"type": _float_in(0, 1)}, "joint: the adversarial term's weight in [0, 1]; 0 is pure MSE, 1 pure adversarial"),
     ("balance", {"choices": BALANCES}, "joint: gradient = alpha is the critic's share of the pull on the images "
                                        "(scale-free); none = the paper's formula, (1 - alpha) MSE + alpha adv"),
@@ -371,8 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("limit", help="the compression limit: the smallest student depth keeping a fraction of the teacher's quality",
-                       description="Bisection over student depths, each distilled at every seed and evaluated; prints the "
-                                   "smallest depth whose 95% interval keeps --keep of the teacher's --metric.")
+                       description="Bisection over student depths, each distilled at every seed and evaluated, for the "
+                                   "smallest one whose 95% interval keeps a fraction of the teacher's quality.")
     p.add_argument("--out", type=Path, required=True, help="students go to OUT/s<seed>/d<depth> (a sweep's runs/<method> folder is reused)")
     p.add_argument("--config", type=Path, help="JSON file of distillation options (keys as in config.json); flags override it")
     p.add_argument("--depths", type=_depths, default=list(range(1, 17)), metavar="D,D,...", help="candidate depths (default: 1 to 16)")

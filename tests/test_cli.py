@@ -194,15 +194,27 @@ def test_resume_refuses_changed_options(tmp_path: Path) -> None:
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    """The README's main job, with few steps: teacher, MSE student, comparison grid, summary."""
+    """The README's main job, with few steps: the shipped teacher, three students in one pass,
+    their evaluation, the comparison grid and the summary."""
     out = tmp_path / "demo"
-    result = run_gankd("demo", "--out", str(out), "--teacher-steps", "30", "--student-steps", "60", "--device", "cpu")
-    assert "teacher-fidelity MSE" in result.stdout
+    result = run_gankd("demo", "--out", str(out), "--student-steps", "80", "--device", "cpu")
+    assert "of the teacher's" in result.stdout and "teacher-fidelity MSE" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["teacher_parameters"] == 369_377 and summary["student_parameters"] == 28_253
-    assert summary["fidelity_mse_trained_student"] < summary["fidelity_mse_untrained_student"]
-    with Image.open(out / "teacher_vs_student.png") as image:
-        assert image.format == "PNG" and image.width > 2 * 8 * 64
+    assert summary["teacher"]["parameters"] == 3_443_585 and 1 <= summary["teacher"]["inception_score"] <= 10
+    assert [s["depth"] for s in summary["students"]] == [4, 8, 16]
+    assert [s["compression_ratio"] for s in summary["students"]] == [121.9, 55.9, 24.0]
+    for s in summary["students"]:
+        assert 1 <= s["inception_score"] <= 10 and 0 < s["fidelity_mse"] < 0.9  # an untrained student is at ~1.2
+        assert (out / f"d{s['depth']}" / "generator.safetensors").exists()
+    with Image.open(out / "teacher_vs_students.png") as image:
+        assert image.format == "PNG" and image.width > 4 * 4 * 64
+
+
+def test_demo_can_train_its_own_teacher(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    run_gankd("demo", "--out", str(out), "--train-teacher", "--teacher-steps", "3", "--student-steps", "3", "--device", "cpu")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["teacher"]["path"] == str(out / "teacher" / "generator.safetensors")
 
 
 def test_a_config_file_names_the_method_unless_a_flag_does(mnist_teacher: Path, tmp_path: Path) -> None:

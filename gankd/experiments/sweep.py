@@ -196,8 +196,11 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int) -> None:
                     continue
                 running[pool.submit(run_job, job, threads)] = job
 
-        submit([plan.teacher, *plan.regular])
         students_started = regular_chosen = False
+        if plan.teacher.status == "done":  # the students first: the joint ones wait for them
+            students_started = True
+            submit([job for job in plan.students if job.name not in plan.after])
+        submit([plan.teacher, *plan.regular])
         while True:
             if not students_started and plan.teacher.status in ("done", "failed"):
                 students_started = True
