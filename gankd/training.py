@@ -244,6 +244,9 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
         elif rt.is_main:
             m.run_dir.mkdir(parents=True, exist_ok=True)
             m.cfg.save(m.run_dir / "config.json")
+    for m in members:  # resumed students that had already run all their steps
+        if m.status == "active" and m.step >= m.cfg.steps:
+            m.status = "done"
     step = start_step(members, noise_rng, index_rng, rt)
     for m in members:
         m.logger.start(m.step, monitor.name if monitor else None)
@@ -273,9 +276,7 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
     sample_z = torch.randn(64, latent_dim, generator=torch.Generator().manual_seed(SAMPLE_LATENT_SEED)).to(device)
     with torch.no_grad():
         sample_teacher = teacher.module(sample_z).float() if teacher is not None else None
-    for m in members:  # resumed students that had already finished
-        if m.status == "active" and m.step >= m.cfg.steps:
-            m.status = "done"
+    for m in members:  # finished students whose generator file a crash kept from being written
         if m.status == "done" and rt.is_main and not (m.run_dir / "generator.safetensors").exists():
             export_generator(m, m.step, elapsed, teacher)
     cap = max(m.cfg.steps for m in members)

@@ -121,3 +121,17 @@ def test_distill_cli_with_several_depths_writes_a_folder_each(mnist_teacher: Pat
     for d in (2, 4):
         assert RunConfig.load(out / f"d{d}" / "config.json").depth == d
         assert read_checkpoint(out / f"d{d}" / "generator.safetensors")[1]["arch"]["depth"] == d
+
+
+def test_a_finished_student_stays_finished_while_another_catches_up(mnist_teacher: Path, tmp_path: Path) -> None:
+    full = train_many([student(tmp_path / "full" / f"d{d}", mnist_teacher, d, steps=8) for d in (2, 4)])
+    run = [tmp_path / "run" / f"d{d}" for d in (2, 4)]
+    train_many([student(r, mnist_teacher, d, steps=8) for r, d in zip(run, (2, 4))])
+    behind = train(student(tmp_path / "behind", mnist_teacher, 4, steps=4))
+    shutil.copy(behind / "checkpoints" / "last.safetensors", run[1] / "checkpoints" / "last.safetensors")
+    finished = (run[0] / "generator.safetensors").read_bytes()
+    train_many([student(r, mnist_teacher, d, steps=8) for r, d in zip(run, (2, 4))], resume=True)
+    assert (run[0] / "generator.safetensors").read_bytes() == finished
+    for r, f in zip(run, full):
+        assert_same(r, f)
+        assert read_checkpoint(r / "generator.safetensors")[1]["step"] == 8
