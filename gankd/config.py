@@ -109,14 +109,16 @@ class RunConfig:
             return self.critic_depth
         return min(self.depth, DCGAN_CRITIC_DEPTH[self.image_size or 32]) if self.loss == "dcgan" else self.depth
 
-    @property
-    def optimizer_key(self) -> str:
-        return "mse" if not self.adversarial else self.loss
-
-    def resolved(self, name: str) -> Any:
-        """An optimiser setting: the explicit value, else the default of this objective."""
+    def resolved(self, name: str, network: str = "generator") -> Any:
+        """An optimiser setting of the generator's or the critic's Adam: the explicit value, else
+        the default of its objective. A student's generator follows the MSE defaults whether or not
+        a critic joins in (so that joint and MSE students differ by the adversarial term alone,
+        not by their step size); critics follow their adversarial loss's."""
         value = getattr(self, name)
-        return OPTIMIZER_DEFAULTS[self.optimizer_key][name] if value is None else value
+        if value is not None:
+            return value
+        key = "mse" if self.method != "gan" and network == "generator" else self.loss
+        return OPTIMIZER_DEFAULTS[key][name]
 
     # -- validation and (de)serialisation -----------------------------------------------
     def validate(self) -> None:

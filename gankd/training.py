@@ -163,9 +163,9 @@ def build_member(cfg: RunConfig, rt: Runtime, memory_format: torch.memory_format
     generator.to(memory_format=memory_format)
     if critic is not None:
         critic.to(memory_format=memory_format)
-    lr, betas = cfg.resolved("lr"), cfg.resolved("betas")
-    opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
-    opt_d = torch.optim.Adam(critic.parameters(), lr=lr, betas=betas) if critic is not None else None
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.resolved("lr"), betas=cfg.resolved("betas"))
+    opt_d = (torch.optim.Adam(critic.parameters(), lr=cfg.resolved("lr", "critic"), betas=cfg.resolved("betas", "critic"))
+             if critic is not None else None)
     g_train: nn.Module = DistributedDataParallel(generator) if rt.world_size > 1 else generator
     d_train: nn.Module | None = DistributedDataParallel(critic) if critic is not None and rt.world_size > 1 else critic
     if cfg.compile:
@@ -261,7 +261,7 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
         save_training_checkpoint(m, rt, at, seconds, noise_rng, index_rng, teacher)
     objective_of = objective(base)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=base.precision == "bf16")
-    critic_steps = base.resolved("critic_steps") if base.adversarial else 0
+    critic_steps = base.resolved("critic_steps", "critic") if base.adversarial else 0
     images = data.images.pin_memory() if data is not None and device.type == "cuda" else (data.images if data else None)
     to_dev = dict(device=device, non_blocking=True)
     latent_dim, batch = base.latent_dim, base.batch_size
