@@ -106,7 +106,7 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
                                              "(--steps is then a cap); default: run all --steps"),
     ("eval_every", {"type": _int_at_least(1)}, "steps between monitor evaluations (a val_<monitor> column in metrics.csv)"),
     ("monitor", {"choices": MONITORS}, "what convergence is judged on: fidelity (students: MSE to the teacher on held-out "
-                                       "latents), is (MNIST GANs), none; auto picks"),
+                                       "latents), is (MNIST GANs), fid (other GANs: 1,000 samples on Inception), none; auto picks"),
     ("min_delta", {"type": _float_in(0)}, "relative gain in the monitor that counts as progress"),
     ("precision", {"choices": PRECISIONS}, "fp32, or bf16 autocast (GPUs, and CPUs with AVX512-BF16 or AMX)"),
     ("channels_last", {"action": "store_const", "const": True}, "channels-last memory format on CUDA (always used on the CPU)"),

@@ -23,7 +23,7 @@ METHODS = ("gan", "mse", "joint")  # gan: from scratch (teacher or regular basel
 MSE_REDUCTIONS = ("sum", "mean")
 PRECISIONS = ("fp32", "bf16")
 BALANCES = ("gradient", "none")  # joint: how the adversarial term is scaled (gankd/losses.py)
-MONITORS = ("auto", "fidelity", "is", "none")  # what a run watches to stop (gankd/convergence.py)
+MONITORS = ("auto", "fidelity", "is", "fid", "none")  # what a run watches to stop (gankd/convergence.py)
 
 # The default critic width of the dcgan loss, by image size: a dcgan critic as wide as a large
 # generator wins outright (64x64, d=64 generator and critic: critic loss 5e-6 within 200 steps,

@@ -228,7 +228,8 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
     cfgs = [resolve_shapes(cfg, teacher, data) for cfg in cfgs]
     base = cfgs[0]
     monitor_name = resolve_monitor(base.monitor, base.method, base.dataset if base.method == "gan" else (teacher.meta.get("dataset") or {}).get("kind"), base.channels)
-    monitor = build_monitor(monitor_name, base.latent_dim, device, teacher.module if teacher else None) if base.patience or base.monitor != "auto" else None
+    monitor = (build_monitor(monitor_name, base.latent_dim, device, teacher.module if teacher else None, data)
+               if base.patience or base.monitor != "auto" else None)
 
     # Channels-last is an option on CUDA; on the CPU it is always used: oneDNN's native layout,
     # it saves the layout conversions around every convolution (about 10% of a training step).

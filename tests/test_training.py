@@ -191,3 +191,13 @@ def test_compiled_student_trains_like_the_eager_one(mnist_teacher: Path, tmp_pat
     assert [r["step"] for r in a] == [r["step"] for r in b] == ["1", "2", "3"]
     for x, y in zip(a, b):
         assert float(y["mse_pixel"]) == pytest.approx(float(x["mse_pixel"]), rel=1e-3)
+
+
+def test_fid_monitor_is_logged_for_a_gan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gankd import convergence
+
+    monkeypatch.setattr(convergence, "FID_SAMPLES", 16)  # the real monitor uses 1,000: minutes on a CPU
+    monkeypatch.setenv("GANKD_CACHE", str(tmp_path / "cache"))
+    run = train(RunConfig(out=str(tmp_path / "r"), depth=4, loss="dcgan", steps=4, log_every=2, eval_every=2, monitor="fid"))
+    values = [float(r["val_fid"]) for r in rows(run)]
+    assert len(values) == 2 and all(v > 0 for v in values)
