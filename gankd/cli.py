@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from gankd.config import BALANCES, LOSSES, MONITORS, MSE_REDUCTIONS, PRECISIONS, RunConfig
+from gankd.data import DATASETS
 from gankd.errors import GankdError, RunInterrupted
 
 
@@ -58,8 +59,9 @@ def _depths(text: str) -> list[int]:
 # Options shared by `train` and `distill`: (flag, RunConfig field, argparse kwargs, help).
 RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("out", {}, "run folder: config.json, metrics.csv, samples/, checkpoints/, generator.safetensors"),
-    ("dataset", {"choices": ("mnist", "cifar10", "celeba", "folder")}, "training data format"),
-    ("data", {}, "dataset root folder (default for mnist: the MNIST shipped in data/mnist)"),
+    ("dataset", {"choices": DATASETS}, "training data format"),
+    ("data", {}, "dataset root folder (default for mnist: the MNIST shipped in data/mnist; "
+                 "for fashion-mnist: $GANKD_DATA/fashion-mnist, $GANKD_DATA defaulting to data/)"),
     ("image_size", {"type": int, "choices": (32, 64, 128)}, "image size S (default: the teacher's, else 32)"),
     ("channels", {"type": int, "choices": (1, 3)}, "image channels (default: the teacher's, else the data's)"),
     ("depth", {"type": _int_at_least(1)}, "generator depth d (channels of the last hidden layer)"),

@@ -18,14 +18,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from gankd.checkpoint import load_generator  # noqa: E402
 from gankd.files import atomic_write_bytes  # noqa: E402
 from gankd.imaging import save_comparison  # noqa: E402
+from gankd.metrics.registry import column_values, quality_columns  # noqa: E402
 from gankd.sampling import images_from  # noqa: E402
 
 if TYPE_CHECKING:
     from gankd.experiments.sweep import Job
 
-# metric column -> (label, higher is better)
-QUALITY = {"is": ("IS", True), "fid": ("FID", False), "kid": ("KID", False), "cfid": ("cFID", False),
-           "fidelity_mse": ("fidelity MSE", False)}
+# metric column -> (label, higher is better), from the metric registry
+QUALITY = quality_columns()
 METHOD_LABELS = {"mse": "Stu. (MSE)", "joint": "Stu. (joint)", "regular": "Reg."}
 FIGURE_LATENTS, FIGURE_SEED = 12, 11
 
@@ -38,10 +38,8 @@ def result_row(job: "Job") -> dict[str, Any]:
         "name": job.name, "method": job.method, "depth": job.depth, "status": job.status,
         "parameters": cost.get("parameters", meta.get("parameters")),
         "ratio": cost.get("compression_ratio"),
-        "is": metrics.get("is", {}).get("mean"), "is_std": metrics.get("is", {}).get("std"),
-        "fid": metrics.get("fid", {}).get("value"), "cfid": metrics.get("cfid", {}).get("value"),
-        "kid": metrics.get("kid", {}).get("mean"),
-        "fidelity_mse": metrics.get("fidelity", {}).get("mse"), "fidelity_psnr": metrics.get("fidelity", {}).get("psnr"),
+        **column_values(metrics), "is_std": metrics.get("is", {}).get("std"),
+        "fidelity_psnr": metrics.get("fidelity", {}).get("psnr"),
         "multiply_adds": cost.get("multiply_adds"), "checkpoint_bytes": cost.get("checkpoint_bytes"),
         "latency_ms_batch1": cost.get("latency_ms_batch1"), "images_per_s_batch256": cost.get("images_per_s_batch256"),
         "steps": meta.get("step"), "train_time_s": meta.get("elapsed_s"),
