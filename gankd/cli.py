@@ -19,6 +19,7 @@ from gankd.config import (BALANCES, LOSSES, MAX_BATCH_SIZE, MAX_DEPTH, MAX_LATEN
                           PRECISIONS, RunConfig, read_options)
 from gankd.errors import GankdError, RunInterrupted, UsageError
 from gankd.progress import set_quiet
+from gankd.data import DATASETS
 
 
 MAX_GRID_IMAGES = 4096  # gankd sample: one PNG grid, held in memory
@@ -77,8 +78,9 @@ def _depths(text: str) -> list[int]:
 # Options shared by `train` and `distill`: (flag, RunConfig field, argparse kwargs, help).
 RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("out", {}, "run folder: config.json, metrics.csv, samples/, checkpoints/, generator.safetensors"),
-    ("dataset", {"choices": ("mnist", "cifar10", "celeba", "folder")}, "training data format"),
-    ("data", {}, "dataset root folder (default for mnist: the MNIST shipped in data/mnist)"),
+    ("dataset", {"choices": DATASETS}, "training data format"),
+    ("data", {}, "dataset root folder (default for mnist: the MNIST shipped in data/mnist; "
+                 "for fashion-mnist: $GANKD_DATA/fashion-mnist, $GANKD_DATA defaulting to data/)"),
     ("image_size", {"type": int, "choices": (32, 64, 128)}, "image size S (default: the teacher's, else 32)"),
     ("channels", {"type": int, "choices": (1, 3)}, "image channels (default: the teacher's, else the data's)"),
     ("depth", {"type": _int_at_least(1, MAX_DEPTH)}, "generator depth d (channels of the last hidden layer)"),

@@ -1,4 +1,4 @@
-"""Dataset readers: MNIST, CIFAR-10, CelebA and any folder of images, held in memory as uint8.
+"""Dataset readers: MNIST, Fashion-MNIST, CIFAR-10, CelebA and any folder of images, held in memory as uint8.
 
 ``load_dataset`` reads a whole split once and returns it as an (N, C, S, S) uint8 tensor at the
 requested image size S; training converts batches to [-1, 1] with ``to_unit_range``. Only numpy
@@ -42,16 +42,23 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import _reconstruct
 
-DATASETS = ("mnist", "cifar10", "celeba", "folder")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "celeba", "folder")
 SPLITS = {
     "mnist": ("train", "test"),
+    "fashion-mnist": ("train", "test"),
     "cifar10": ("train", "test"),
     "celeba": ("train", "valid", "test", "all"),  # list_eval_partition.txt codes 0, 1, 2
     "folder": ("train",),  # a plain folder has no splits: "train" is all of it
 }
-NATIVE_CHANNELS = {"mnist": 1, "cifar10": 3, "celeba": 3, "folder": 3}  # a folder's default is its images' (load_dataset)
+NATIVE_CHANNELS = {"mnist": 1, "fashion-mnist": 1, "cifar10": 3, "celeba": 3, "folder": 3}  # a folder's default is its images' (load_dataset)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_MNIST_DIR = Path(__file__).resolve().parents[1] / "data" / "mnist"
+DEFAULT_DATA_DIR = DEFAULT_MNIST_DIR.parent  # $GANKD_DATA when unset: the repository's data/ folder
+# The IDX datasets share one format, file names and reader: name -> (title, where to get the files).
+IDX_DATASETS = {
+    "mnist": ("MNIST", None),  # vendored
+    "fashion-mnist": ("Fashion-MNIST", "`apt-get download dataset-fashion-mnist` or github.com/zalandoresearch/fashion-mnist (data/fashion)"),
+}
 
 _IDX_IMAGES, _IDX_LABELS = 2051, 2049  # IDX magic: 0x08 (unsigned byte) << 8 | number of dims
 _CACHE_FORMAT = 1  # bump when decoding changes, so stale cache files are never reused
@@ -91,14 +98,16 @@ def load_dataset(
 ) -> ImageData:
     """Load one split of a dataset at ``image_size`` x ``image_size``.
 
-    Geometry: MNIST's 28x28 digits are zero-padded to 32x32 (2 px of black on each side, the usual
+    Geometry: MNIST's (and Fashion-MNIST's) 28x28 images are zero-padded to 32x32 (2 px of black on each side, the usual
     DCGAN practice) and CIFAR-10 is 32x32 already; either is then resized to S with Pillow's
     bilinear filter when S != 32. CelebA and folders are centre-cropped to a square of the shorter
     side (178x178 for aligned CelebA) and resized with the same filter, which Pillow antialiases
-    when shrinking. ``channels`` defaults to the dataset's own: 1 for MNIST, 3 for CIFAR-10 and
-    CelebA, and for a folder 1 when every image is greyscale (modes 1, L, LA, I, F), else 3 (the
-    choice is printed on stderr). Grey is replicated to RGB, and RGB becomes grey with Pillow's
-    "L" luma. ``root=None`` means the vendored MNIST (``DEFAULT_MNIST_DIR``).
+    when shrinking. ``channels`` defaults to the dataset's own: 1 for MNIST and Fashion-MNIST, 3 for
+    CIFAR-10 and CelebA, and for a folder 1 when every image is greyscale (modes 1, L, LA, I, F),
+    else 3 (the choice is printed on stderr). Grey is replicated to RGB, and RGB becomes grey with
+    Pillow's "L" luma. ``root=None`` means the vendored MNIST (``DEFAULT_MNIST_DIR``) and
+    ``$GANKD_DATA/fashion-mnist`` (``$GANKD_DATA`` defaulting to the repository's ``data/``) for
+    Fashion-MNIST; other datasets need a root.
 
     Splits are listed in ``SPLITS``; CelebA's come from list_eval_partition.txt, and without it
     "train" is every image. The name, a cache key, is ``<kind>-<split>-<S>``, plus a digest of
@@ -115,17 +124,15 @@ def load_dataset(
     channels = native if channels is None and kind != "folder" else channels
     if channels not in (1, 3, None):
         raise GankdError(f"channels must be 1 or 3, got {channels}")
-    if root is None:
-        if kind != "mnist":
-            raise GankdError(f"the {kind} dataset needs a data folder")
-        root = DEFAULT_MNIST_DIR
-    root = Path(root).expanduser()
+    root = Path(root).expanduser() if root is not None else default_root(kind)
     if not root.is_dir():
-        raise GankdError(f"{kind} data folder {root} does not exist" + (" (it is a file)" if root.exists() else ""))
+        source = IDX_DATASETS.get(kind, (None, None))[1]
+        where = f"; get the four IDX files from {source}" if source else ""
+        raise GankdError(f"{kind} data folder {root} does not exist" + (" (it is a file)" if root.exists() else where))
 
     labels = None
-    if kind in ("mnist", "cifar10"):
-        images, labels = _read_mnist(root, split) if kind == "mnist" else _read_cifar10(root, split)
+    if kind in IDX_DATASETS or kind == "cifar10":
+        images, labels = _read_idx_split(root, split, kind) if kind in IDX_DATASETS else _read_cifar10(root, split)
         images = _convert_arrays(images, image_size, channels)
         name = f"{kind}-{split}-{image_size}"
     else:
@@ -142,6 +149,17 @@ def load_dataset(
     return ImageData(torch.from_numpy(np.ascontiguousarray(images)), labels, name)
 
 
+def default_root(kind: str) -> Path:
+    """Where a dataset is looked for without ``--data``: the vendored MNIST, or
+    ``$GANKD_DATA/<kind>`` (``$GANKD_DATA`` defaults to the repository's ``data/``) for
+    Fashion-MNIST, whose 30 MB are not vendored. Other formats have no default."""
+    if kind == "mnist":
+        return DEFAULT_MNIST_DIR
+    if kind == "fashion-mnist":
+        return Path(os.environ.get("GANKD_DATA") or DEFAULT_DATA_DIR).expanduser() / kind
+    raise GankdError(f"the {kind} dataset needs a data folder (--data DIR)")
+
+
 def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float32 [-1, 1], the range of the generator's tanh output."""
     return images_uint8.to(torch.float32) / 127.5 - 1
@@ -152,35 +170,39 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.to(torch.float32) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-# ---------------------------------------------------------------------------------------- MNIST
+# ------------------------------------------------------------------------ MNIST and Fashion-MNIST
 
 
-def _read_mnist(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The IDX files of one split, padded to (N, 1, 32, 32), and int64 labels."""
+def _read_idx_split(root: Path, split: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """The IDX files of one split of MNIST or Fashion-MNIST (same names, same format), padded to
+    (N, 1, 32, 32), and int64 labels (digits, or Fashion-MNIST's 10 clothing classes)."""
+    title = IDX_DATASETS[kind][0]
     prefix = "train" if split == "train" else "t10k"
-    image_path = _find_idx(root, f"{prefix}-images-idx3-ubyte")
-    label_path = _find_idx(root, f"{prefix}-labels-idx1-ubyte")
+    image_path = _find_idx(root, f"{prefix}-images-idx3-ubyte", kind)
+    label_path = _find_idx(root, f"{prefix}-labels-idx1-ubyte", kind)
     images = _read_idx(image_path, _IDX_IMAGES)
     labels = _read_idx(label_path, _IDX_LABELS)
     if images.shape[1:] != (28, 28):
-        raise GankdError(f"{image_path}: expected 28x28 MNIST images, found {images.shape[1]}x{images.shape[2]}")
+        raise GankdError(f"{image_path}: expected 28x28 {title} images, found {images.shape[1]}x{images.shape[2]}")
     if len(images) == 0:
         raise GankdError(f"{image_path}: contains no images")
     if len(labels) != len(images):
         raise GankdError(f"{image_path} has {len(images)} images but {label_path} has {len(labels)} labels")
     if labels.max() > 9:
-        raise GankdError(f"{label_path}: MNIST labels must be 0..9, found {labels.max()}")
+        raise GankdError(f"{label_path}: {title} labels must be 0..9, found {labels.max()}")
     padded = np.zeros((len(images), 1, 32, 32), np.uint8)
     padded[:, 0, 2:30, 2:30] = images
     return padded, labels.astype(np.int64)
 
 
-def _find_idx(root: Path, name: str) -> Path:
+def _find_idx(root: Path, name: str, kind: str) -> Path:
     """The raw IDX file if present (nothing to decompress), else its .gz."""
     for path in (root / name, root / f"{name}.gz"):
         if path.is_file():
             return path
-    raise GankdError(f"{root}: missing MNIST file {name} (or {name}.gz)")
+    title, source = IDX_DATASETS[kind]
+    hint = f"; get the four IDX files from {source}" if source else ""
+    raise GankdError(f"{root}: missing {title} file {name} (or {name}.gz){hint}")
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:

@@ -154,6 +154,67 @@ def test_mnist_three_channels_replicate(tmp_path, small_mnist):
     np.testing.assert_array_equal(rgb.images[7].numpy(), expected)
 
 
+# -------------------------------------------------------------------------------- Fashion-MNIST
+
+FASHION_MNIST = Path("/work/shared/data/fashion-mnist")  # this workspace's copy; the test skips elsewhere
+FASHION_SOURCE = "apt-get download dataset-fashion-mnist` or github.com/zalandoresearch/fashion-mnist"
+
+
+def fashion_like(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random 28x28 'garments' and labels 0..9: the reader must not care what the pixels show."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_fashion_mnist_reads_idx_files_with_labels(tmp_path, gz):
+    images, labels = fashion_like(30)
+    write_mnist(tmp_path, images, labels, prefix="t10k", gz=gz)
+    d = load_dataset("fashion-mnist", tmp_path, 32, "test")
+    check_valid(d, 32)
+    assert d.name == "fashion-mnist-test-32" and d.channels == 1
+    np.testing.assert_array_equal(d.images[:, 0, 2:30, 2:30].numpy(), images)  # padded like MNIST
+    np.testing.assert_array_equal(d.labels, labels)
+    rgb = load_dataset("fashion-mnist", tmp_path, 64, "test", channels=3)
+    assert rgb.name == "fashion-mnist-test-64-c3" and rgb.images.shape == (30, 3, 64, 64)
+
+
+def test_fashion_mnist_default_root_is_gankd_data(tmp_path, monkeypatch):
+    images, labels = fashion_like(12, seed=1)
+    write_mnist(tmp_path / "fashion-mnist", images, labels, gz=True)
+    monkeypatch.setenv("GANKD_DATA", str(tmp_path))
+    d = load_dataset("fashion-mnist", None, 32)
+    np.testing.assert_array_equal(d.labels, labels)
+    monkeypatch.delenv("GANKD_DATA")
+    assert data.default_root("fashion-mnist") == data.DEFAULT_DATA_DIR / "fashion-mnist"
+
+
+def test_fashion_mnist_missing_files_say_where_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("GANKD_DATA", str(tmp_path))
+    with pytest.raises(GankdError) as err:
+        load_dataset("fashion-mnist", None, 32)
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "fashion-mnist") in message and "does not exist" in message
+    assert FASHION_SOURCE in message
+    images, labels = fashion_like(5)
+    write_mnist(tmp_path / "fashion-mnist", images, labels)  # the train split only
+    with pytest.raises(GankdError, match="missing Fashion-MNIST file t10k-images-idx3-ubyte") as err:
+        load_dataset("fashion-mnist", None, 32, "test")
+    assert FASHION_SOURCE in str(err.value)
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="no Fashion-MNIST copy at /work/shared/data/fashion-mnist")
+@pytest.mark.parametrize("split,count", [("train", 60000), ("test", 10000)])
+def test_fashion_mnist_real(split, count):
+    d = load_dataset("fashion-mnist", FASHION_MNIST, 32, split)
+    check_valid(d, 32)
+    assert d.images.shape == (count, 1, 32, 32)
+    assert np.bincount(d.labels).tolist() == [count // 10] * 10  # 10 classes, exactly balanced
+    x = d.images.numpy()
+    assert not x[:, 0, :2].any() and not x[:, 0, 30:].any()  # the padding is black
+    assert x[:, 0, 2:30, 2:30].mean() > 50  # garments are bright on black, far more ink than digits (~33)
+
+
 # ------------------------------------------------------------------------------------- CIFAR-10
 
 
@@ -489,7 +550,7 @@ def test_unit_range_round_trip():
 # ------------------------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize("kind", ["mnist", "cifar10", "celeba", "folder"])
+@pytest.mark.parametrize("kind", ["mnist", "fashion-mnist", "cifar10", "celeba", "folder"])
 def test_missing_root(tmp_path, kind):
     with pytest.raises(GankdError, match="does not exist") as err:
         load_dataset(kind, tmp_path / "nowhere", 32)
@@ -503,6 +564,7 @@ def test_missing_root(tmp_path, kind):
     "kind,message",
     [
         ("mnist", "missing MNIST file train-images-idx3-ubyte"),
+        ("fashion-mnist", "missing Fashion-MNIST file train-images-idx3-ubyte"),
         ("cifar10", "missing CIFAR-10 file data_batch_1"),
         ("celeba", "no images found"),
         ("folder", "no images found"),
@@ -599,7 +661,7 @@ def test_mnist_missing_labels_file(tmp_path, small_mnist):
         (lambda im: idx_bytes(im, 2051)[:-5], None, "header says 50x28x28 = 39200 bytes of data, the file holds 39195"),
         (lambda im: idx_bytes(im, 2051) + b"\0", None, "header says 50x28x28 = 39200 bytes .* holds 39201"),
         (lambda im: idx_bytes(im, 2051)[:10], None, "too short for an IDX header"),
-        (lambda im: idx_bytes(im.reshape(50, 14, 56), 2051), None, "expected 28x28 MNIST images, found 14x56"),
+        (lambda im: idx_bytes(im.reshape(50, 14, 56), 2051), None, "expected 28x28 (Fashion-)?MNIST images, found 14x56"),
         (lambda im: idx_bytes(im[:0], 2051), None, "contains no images"),
         (None, lambda lb: idx_bytes(lb + 10, 2049), "labels must be 0..9"),
     ],
@@ -608,7 +670,8 @@ def test_mnist_missing_labels_file(tmp_path, small_mnist):
         "short-header", "not-28x28", "empty", "label-range",
     ],
 )
-def test_mnist_bad_idx(tmp_path, small_mnist, images_file, labels_file, message):
+@pytest.mark.parametrize("kind", ["mnist", "fashion-mnist"])
+def test_mnist_bad_idx(tmp_path, small_mnist, images_file, labels_file, message, kind):
     images, labels = small_mnist
     write_mnist(tmp_path, images, labels)
     if images_file:
@@ -616,7 +679,7 @@ def test_mnist_bad_idx(tmp_path, small_mnist, images_file, labels_file, message)
     if labels_file:
         (tmp_path / "train-labels-idx1-ubyte").write_bytes(labels_file(labels))
     with pytest.raises(GankdError, match=message) as err:
-        load_dataset("mnist", tmp_path, 32)
+        load_dataset(kind, tmp_path, 32)
     assert str(tmp_path) in str(err.value)
 
 

