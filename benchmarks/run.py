@@ -291,7 +291,7 @@ def bench_inception(ctx: dict[str, Any], data: ImageData) -> dict[str, Any]:
     s, device = ctx["settings"], ctx["device"]
     n = s["inception_batch"]
     try:
-        inception = InceptionFeatures(device=device)
+        inception = InceptionFeatures(device=device, backend="reference")  # the TorchScript network: its bare forward is the reference
     except Exception as exc:  # the network is an optional download
         return {"path": "Inception feature extraction", "skipped": f"{type(exc).__name__}: {exc}"}
     subset = ImageData(data.images[:n].clone(), None, "bench-subset")

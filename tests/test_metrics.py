@@ -18,7 +18,7 @@ import scipy.linalg
 import torch
 
 from gankd.checkpoint import prefixed, save_checkpoint
-from gankd.data import ImageData, load_dataset
+from gankd.data import ImageData, load_dataset, to_unit_range
 from gankd.errors import GankdError
 import gankd.metrics.evaluate as evaluate_module
 from gankd.metrics.cost import cost
@@ -27,7 +27,8 @@ from gankd.metrics.features import extract
 from gankd.metrics.fidelity import teacher_fidelity
 from gankd.metrics.frechet import frechet_distance, gaussian_statistics, kernel_inception_distance
 from gankd.metrics.inception_score import inception_score, probabilities
-from gankd.metrics.networks import INCEPTION_SHA1, DigitClassifier, InceptionFeatures
+from gankd.metrics.inception_v3 import from_torchscript
+from gankd.metrics.networks import INCEPTION_SHA1, DigitClassifier, InceptionFeatures, tf_bilinear_matrix, tf_bilinear_resize
 from gankd.metrics.precision_recall import knn_radii, precision_recall
 from gankd.metrics.registry import METRICS, default_metrics
 from gankd.models import Architecture, Generator, multiply_adds
@@ -265,22 +266,27 @@ def test_precision_recall_of_real_digits_is_high_and_a_collapsed_generator_has_n
 # ---------------------------------------------------------------------------------- Inception
 
 
+INCEPTION_N = 64  # the reference network runs at ~10 images/s on 2 CPU cores; FID at this n is biased, KID is not
+
+
 @pytest.fixture(scope="module")
 def inception() -> InceptionFeatures:
-    return InceptionFeatures()
+    return InceptionFeatures(backend="reference")
 
 
-def test_inception_fid_and_kid_separate_real_digits_from_noise_and_blank(mnist_test, mnist_train, inception):
-    n = 64  # Inception runs at ~10 images/s on 2 CPU cores; FID at this n is biased, KID is not
+@pytest.fixture(scope="module")
+def reference_digit_features(mnist_test, mnist_train, inception) -> dict[str, np.ndarray]:
+    """The reference backend's features of 64 MNIST test and 64 train images."""
+    return {name: extract(data, {"f": inception}, INCEPTION_N, seed=1)["f"] for name, data in (("test", mnist_test), ("train", mnist_train))}
+
+
+def test_inception_fid_and_kid_separate_real_digits_from_noise_and_blank(reference_digit_features, inception):
+    n = INCEPTION_N
     feats = {
-        name: extract(data, {"f": inception}, count, seed=1)["f"]
-        for name, data, count in [
-            ("test", mnist_test, n),
-            ("train", mnist_train, n),
-            ("noise", synthetic("noise", n // 2), n // 2),
-            ("blank", synthetic("blank", 8), 8),
-        ]
-    }
+        **reference_digit_features,
+        **{name: extract(data, {"f": inception}, count, seed=1)["f"]
+           for name, data, count in [("noise", synthetic("noise", n // 2), n // 2), ("blank", synthetic("blank", 8), 8)]},
+    }  # fmt: skip
     assert feats["test"].shape == (n, 2048)
     stats = {name: gaussian_statistics(f) for name, f in feats.items()}
     fid = {name: frechet_distance(*stats[name], *stats["train"]) for name in ("test", "noise", "blank")}
@@ -300,6 +306,41 @@ def test_inception_default_file_is_verified_and_user_file_must_be_torchscript(in
     bogus.write_bytes(b"not a network")
     with pytest.raises(GankdError, match="TorchScript"):
         InceptionFeatures(bogus)
+
+
+def test_tf_bilinear_matrix_by_hand_and_against_the_grid_sample_resize():
+    # 2 -> 4 pixels: output j reads input j * 2/4 = 0, 0.5, 1, 1.5; the last is clamped to pixel 1.
+    assert tf_bilinear_matrix(2, 4).tolist() == [[1, 0], [0.5, 0.5], [0, 1], [0, 1]]
+    x = torch.rand(3, 2, 32, 32, generator=torch.Generator().manual_seed(0)) * 255
+    m = tf_bilinear_matrix(32, 299).float()
+    torch.testing.assert_close(m @ x @ m.T, tf_bilinear_resize(x, 299), rtol=0, atol=2e-3)  # 0..255 scale: float rounding
+
+
+@pytest.mark.parametrize("backend,feature_tolerance", [("onnxruntime", 1e-5), ("float32", 1e-5), ("bf16", 0.05)])
+def test_fast_inception_backends_agree_with_the_reference(backend, feature_tolerance, reference_digit_features, mnist_test, mnist_train):
+    # Tolerances: float32 computes the same function (batch norm folded, other summation order):
+    # per-image relative error ~3e-6. bf16 rounds weights and activations to 8 bits of mantissa:
+    # ~2% per image (measured), and FID on real data within 1% (docs/metrics.md has the 2,000-image figures).
+    net = InceptionFeatures(backend=backend)
+    assert net.id == f"inception-{INCEPTION_SHA1[:12]}-{backend}"
+    feats = {name: extract(data, {"f": net}, INCEPTION_N, seed=1)["f"] for name, data in (("test", mnist_test), ("train", mnist_train))}
+    for name, ref in reference_digit_features.items():
+        error = np.linalg.norm(feats[name] - ref, axis=1) / np.linalg.norm(ref, axis=1)
+        assert error.max() < feature_tolerance, (name, error.max())
+    fid_ref = frechet_distance(*gaussian_statistics(reference_digit_features["test"]), *gaussian_statistics(reference_digit_features["train"]))
+    fid = frechet_distance(*gaussian_statistics(feats["test"]), *gaussian_statistics(feats["train"]))
+    report(f"Inception FID, {INCEPTION_N} MNIST test vs train: reference {fid_ref:.3f}, {backend} {fid:.3f} ({fid / fid_ref - 1:+.3%}); "
+           f"worst per-image feature error {error.max():.2e}")
+    assert abs(fid / fid_ref - 1) < (1e-5 if backend in ("float32", "onnxruntime") else 0.01)
+    # Grey images go through a first convolution summed over RGB: the same as replicating them.
+    grey = to_unit_range(mnist_test.images[:8])
+    torch.testing.assert_close(net(grey), net(grey.expand(-1, 3, -1, -1)), rtol=feature_tolerance, atol=feature_tolerance)
+
+
+def test_fast_backends_refuse_other_layouts():
+    scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten()))
+    with pytest.raises(GankdError, match="not the FID Inception layout.*--inception-backend reference"):
+        from_torchscript(scripted)
 
 
 # ----------------------------------------------------------------------- fidelity and cost
@@ -364,6 +405,24 @@ def test_evaluate_all_metrics_through_the_cli_and_reuses_cached_reference(tmp_pa
     assert calls == [student]
     assert again["metrics"]["fid"]["value"] == pytest.approx(m["fid"]["value"], rel=1e-6)
     assert "FID, Inception pool3" in format_table(again)
+
+
+def test_reference_statistics_are_cached_per_inception_backend(tmp_path, monkeypatch):
+    student = generator(2)
+    meta = {"arch": student.arch.to_dict(), "dataset": MNIST_META}
+    sources = []
+    real_extract = evaluate_module.extract
+    monkeypatch.setattr(evaluate_module, "extract", lambda source, *a, **k: sources.append(source) or real_extract(source, *a, **k))
+    fids = {}
+    for backend in ("bf16", "float32", "bf16"):
+        sources.clear()
+        result = evaluate(student, meta, ["fid"], 20, "cpu", cache_dir=tmp_path, inception_backend=backend)
+        fids.setdefault(backend, []).append(result["metrics"]["fid"]["value"])
+        assert result["metrics"]["fid"]["network"] == f"inception-{INCEPTION_SHA1[:12]}-{backend}"
+        assert len(sources) == (1 if len(fids["bf16"]) == 2 else 2)  # the real side is extracted once per backend
+    assert sorted(path.name.split("_", 1)[1] for path in tmp_path.glob("*.npz")) == [
+        f"inception-{INCEPTION_SHA1[:12]}-bf16_n20.npz", f"inception-{INCEPTION_SHA1[:12]}-float32_n20.npz"]
+    assert fids["bf16"][0] == fids["bf16"][1]
 
 
 def test_registry_drives_defaults_table_and_report_columns():

