@@ -159,3 +159,37 @@ def test_limit_bisects_depths_on_a_tiny_configuration(mnist_teacher: Path, tmp_p
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("s*/d*/generator.safetensors")}
     run_gankd(*common, "--keep", "0.5")
     assert {p: p.stat().st_mtime_ns for p in out.glob("s*/d*/generator.safetensors")} == stamps
+
+
+def test_a_folder_trained_with_other_options_is_not_reused(mnist_teacher: Path, tmp_path: Path) -> None:
+    from gankd.experiments.jobs import make_job, refresh
+
+    options = {"method": "mse", "teacher": str(mnist_teacher), "steps": 3, "log_every": 1}
+    job = make_job("mse/s0", "mse", 0, tmp_path / "s0", [2], options)
+    run_gankd("distill", "--teacher", str(mnist_teacher), "--depth", "2", "--steps", "3", "--log-every", "1", "--out", str(tmp_path / "s0" / "d2"))
+    refresh(job)
+    assert job.status == "done"  # the same options: reused
+    other = make_job("mse/s0", "mse", 0, tmp_path / "s0", [2], {**options, "batch_size": 32})
+    with pytest.raises(GankdError, match="holds a run with other options \\(batch_size\\)"):
+        refresh(other)
+
+
+def test_students_start_before_regular_gans_and_joint_ones_as_soon_as_their_mse_job_is_done(mnist_teacher: Path, tmp_path: Path,
+                                                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import gankd.experiments.sweep as sweep
+
+    spec = {**json.loads(json.dumps(TINY)), "teacher": {"checkpoint": str(mnist_teacher)}}
+    plan = Plan(spec, tmp_path, "tiny")
+    started: list[str] = []
+
+    def run_job(job, threads: int) -> None:  # trains nothing: records the order, marks the job done
+        started.append(job.name)
+        job.status = "done"
+        for model in job.models:
+            model.status = "done"
+
+    monkeypatch.setattr(sweep, "run_job", run_job)
+    monkeypatch.setattr(sweep, "evaluate_model", lambda model, *a, **k: {"metrics": {"is": {"mean": float(model.depth)}}})
+    sweep.train_all(plan, sweep.evaluation_settings(spec), parallel=1)
+    assert started[:4] == ["mse/s0", "mse/s1", "joint/s0", "joint/s1"]
+    assert set(started[4:6]) == {"regular/dcgan-c8/s0", "regular/dcgan-c4/s0"} and len(started) == 7  # then seed 1 of the recipe chosen at both depths

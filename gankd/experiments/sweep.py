@@ -179,41 +179,37 @@ def run_sweep(config_path: Path, out: Path, parallel: int = 1) -> Plan:
 
 
 def train_all(plan: Plan, settings: dict[str, Any], parallel: int) -> None:
-    """Run every job, ``parallel`` at a time: the teacher and the regular GANs' first seed at once,
-    the students when the teacher is done, the regular GANs' other seeds once the first seed has
-    chosen their recipe."""
+    """Run every job, ``parallel`` at a time. Students come first (the heart of the result): the
+    MSE ones when the teacher is done, each joint one as soon as the MSE job it starts from is
+    done; regular GANs fill the free slots, their other seeds once the first seed has chosen
+    their recipe."""
     for job in plan.jobs:
         refresh(job)
     threads = max(1, (os.cpu_count() or 1) // parallel)
     bar = progress(sum(j.status != "done" for j in plan.jobs), "sweep jobs", "job")
     first_seed_regular = list(plan.regular) if plan.recipes and len(plan.recipes) > 1 else []
+    ready: list[Job] = [plan.teacher]  # jobs whose inputs exist; started in the order of plan.jobs
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         running: dict[Future, Job] = {}
 
-        def submit(jobs: list[Job]) -> None:
-            for job in jobs:
-                if job.status == "done":
-                    continue
-                running[pool.submit(run_job, job, threads)] = job
+        def add(jobs: list[Job]) -> None:
+            ready.extend(job for job in jobs if job.status != "done" and job not in ready)
 
-        students_started = regular_chosen = False
-        if plan.teacher.status == "done":  # the students first: the joint ones wait for them
-            students_started = True
-            submit([job for job in plan.students if job.name not in plan.after])
-        submit([plan.teacher, *plan.regular])
+        students_queued = regular_chosen = False
+        add(plan.regular)
         while True:
-            if not students_started and plan.teacher.status in ("done", "failed"):
-                students_started = True
+            if not students_queued and plan.teacher.status in ("done", "failed"):
+                students_queued = True
                 if plan.teacher.status == "done":
-                    submit([job for job in plan.students if job.name not in plan.after])
+                    add([job for job in plan.students if job.name not in plan.after])
                 else:
                     for job in plan.students:
                         job.status, job.error = "skipped", "the teacher did not finish"
             for job in plan.students:  # warm-started jobs, once the job they start from has finished
-                if job.name in plan.after and job.status == "pending" and job not in running.values():
+                if job.name in plan.after and job.status == "pending" and job not in ready and job not in running.values():
                     first = next(j for j in plan.students if j.name == plan.after[job.name])
                     if first.status == "done":
-                        submit([job])
+                        add([job])
                     elif first.status in ("failed", "skipped"):
                         job.status, job.error = "skipped", f"{first.name} did not finish"
             if first_seed_regular and not regular_chosen and all(j.status in ("done", "failed") for j in first_seed_regular):
@@ -227,7 +223,12 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int) -> None:
                             score[(job.recipe, model.depth)] = metric_value(model.evaluation, settings["primary"])
                 new = plan.choose_recipes(score, QUALITY[settings["primary"]].higher_is_better)
                 bar.total += len(new)
-                submit(new)
+                add(new)
+            while ready and len(running) < parallel:
+                job = min(ready, key=plan.jobs.index)
+                ready.remove(job)
+                if job.status != "done":
+                    running[pool.submit(run_job, job, threads)] = job
             if not running:
                 break
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
