@@ -358,6 +358,11 @@ def test_fidelity_is_exact_for_the_teacher_itself_and_reproducible():
     first, second = teacher_fidelity(student, teacher, n=64), teacher_fidelity(student, teacher, n=64, device="cpu")
     assert first == second and first["mse"] > 0
     assert first["psnr"] == pytest.approx(10 * math.log10(4 / first["mse"]))
+    # the teacher's images are kept for the next student: same numbers as with a fresh teacher
+    other = generator(4, seed=2)
+    fresh = generator(8)
+    assert teacher_fidelity(other, teacher, n=64) == teacher_fidelity(other, fresh, n=64)
+    assert teacher_fidelity(other, teacher, n=32, seed=3) == teacher_fidelity(other, fresh, n=32, seed=3)  # another key: recomputed
 
 
 def test_cost_reports_the_papers_1669_to_1_compression():

@@ -51,6 +51,11 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     assert "did not finish" in (out / "report.md").read_text()
     mse_mtime = (out / "runs" / "mse" / "s0" / "d2" / "generator.safetensors").stat().st_mtime
 
+    # --report-only trains nothing: the failed recipe stays untrained and is listed as not finished
+    result = run_gankd("sweep", str(write(tmp_path / "tiny.json", TINY)), "--out", str(out), "--report-only")
+    assert "regular/dcgan-c4/s0: pending" in result.stderr and not (out / "runs" / "regular" / "dcgan-c4" / "s0" / "d2" / "generator.safetensors").exists()
+    assert "regular/dcgan-c4/s0" in (out / "report.md").read_text()
+
     # second call with the data fixed: finished runs are skipped, the failed ones retried
     run_gankd("sweep", str(write(tmp_path / "tiny.json", TINY)), "--out", str(out))
     assert (out / "runs" / "mse" / "s0" / "d2" / "generator.safetensors").stat().st_mtime == mse_mtime

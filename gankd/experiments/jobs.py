@@ -12,6 +12,7 @@ retried on the next call.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -145,6 +146,13 @@ def evaluation_key(metrics: list[str], samples: int, seed: int) -> str:
     return f"{','.join(sorted(metrics))}|n={samples}|seed={seed}"
 
 
+@functools.lru_cache(maxsize=1)
+def loaded_teacher(path: Path, mtime_ns: int, device: str) -> tuple[Any, dict[str, Any]]:
+    """The teacher, loaded once for all the models scored against it (so its fidelity images are
+    computed once too: gankd.metrics.fidelity keeps them per module)."""
+    return load_generator(path, device)
+
+
 def evaluate_model(model: Model, metrics: list[str], samples: int, seed: int, device: Any, teacher: Model | None,
                    data_root: str | None = None) -> dict[str, Any]:
     """``metrics`` of one model, cached in its run folder's eval.json (keyed by the metrics, sample
@@ -166,7 +174,7 @@ def evaluate_model(model: Model, metrics: list[str], samples: int, seed: int, de
         if isinstance(entry, dict) and entry.get("checkpoint_mtime_ns") == stamp:
             return entry["results"]
     generator, meta = load_generator(model.checkpoint, device)
-    teacher_net, teacher_meta = load_generator(teacher.checkpoint, device) if teacher is not None else (None, None)
+    teacher_net, teacher_meta = loaded_teacher(teacher.checkpoint, teacher.checkpoint.stat().st_mtime_ns, str(device)) if teacher else (None, None)
     results = json_ready(evaluate(generator, meta, metrics, samples, device, teacher=teacher_net, teacher_meta=teacher_meta,
                                   data_root=data_root, seed=seed))
     cached[key] = {"checkpoint_mtime_ns": stamp, "results": results}

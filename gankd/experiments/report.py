@@ -306,7 +306,7 @@ def write_report(plan: "Plan", settings: dict[str, Any]) -> None:
             plots.append(f"![{QUALITY[column].label} against compression ratio](plot_{column}.png)")
     curves = plot_curves(plan, models, out / "curves.png")
     grid = figure11(plan, models, out / "figure11.png")
-    failed = [f"- `{job.name}`: {job.status} — {job.error}" for job in plan.jobs if job.status != "done"]
+    failed = [f"- `{job.name}`: {job.status} — {job.error or 'not trained to the end yet'}" for job in plan.jobs if job.status != "done"]
     keep = settings["keep"]
     report = [
         f"# Sweep `{plan.spec.get('name', out.name)}`", "",

@@ -162,7 +162,9 @@ class Plan:
         return [self.teacher, *self.students, *self.regular]
 
 
-def run_sweep(config_path: Path, out: Path, parallel: int = 1) -> Plan:
+def run_sweep(config_path: Path, out: Path, parallel: int = 1, train: bool = True) -> Plan:
+    """Train what is not finished (unless ``train`` is false: then only the finished models are
+    evaluated and reported, the rest listed as not finished), evaluate, write the report."""
     from gankd.experiments.report import write_report
 
     spec = load_spec(config_path)
@@ -170,7 +172,15 @@ def run_sweep(config_path: Path, out: Path, parallel: int = 1) -> Plan:
     settings = evaluation_settings(spec)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "sweep.json", (json.dumps(spec, indent=2) + "\n").encode())
-    train_all(plan, settings, parallel)
+    if train:
+        train_all(plan, settings, parallel)
+    else:
+        for job in plan.jobs:
+            refresh(job)
+        first_seed = list(plan.regular) if len(plan.recipes) > 1 else []
+        if first_seed and all(j.status == "done" for j in first_seed):
+            for job in choose_regular(plan, first_seed, settings):
+                refresh(job)
     evaluate_all(plan, settings)
     status = {job.name: {"status": job.status, **({"error": job.error} if job.error else {})} for job in plan.jobs}
     atomic_write_bytes(out / "status.json", (json.dumps(status, indent=2) + "\n").encode())
@@ -214,14 +224,7 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int) -> None:
                         job.status, job.error = "skipped", f"{first.name} did not finish"
             if first_seed_regular and not regular_chosen and all(j.status in ("done", "failed") for j in first_seed_regular):
                 regular_chosen = True
-                score = {}
-                for job in first_seed_regular:
-                    for model in job.models:
-                        if model.status == "done":
-                            model.evaluation = evaluate_model(model, settings["metrics"], settings["samples"], settings["seed"],
-                                                              resolve_device(settings["device"]), None)
-                            score[(job.recipe, model.depth)] = metric_value(model.evaluation, settings["primary"])
-                new = plan.choose_recipes(score, QUALITY[settings["primary"]].higher_is_better)
+                new = choose_regular(plan, first_seed_regular, settings)
                 bar.total += len(new)
                 add(new)
             while ready and len(running) < parallel:
@@ -238,6 +241,19 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int) -> None:
                 bar.set_postfix_str(f"{job.name}: {job.status}")
                 bar.update(1)
     bar.close()
+
+
+def choose_regular(plan: Plan, first_seed: list[Job], settings: dict[str, Any]) -> list[Job]:
+    """Score the first seed's regular GANs on the primary metric and return the jobs that train
+    the recipe chosen at each depth at the other seeds."""
+    score = {}
+    for job in first_seed:
+        for model in job.models:
+            if model.status == "done":
+                model.evaluation = evaluate_model(model, settings["metrics"], settings["samples"], settings["seed"],
+                                                  resolve_device(settings["device"]), None)
+                score[(job.recipe, model.depth)] = metric_value(model.evaluation, settings["primary"])
+    return plan.choose_recipes(score, QUALITY[settings["primary"]].higher_is_better)
 
 
 def evaluate_all(plan: Plan, settings: dict[str, Any]) -> None:
