@@ -198,3 +198,17 @@ def test_students_start_before_regular_gans_and_joint_ones_as_soon_as_their_mse_
     sweep.train_all(plan, sweep.evaluation_settings(spec), parallel=1)
     assert started[:4] == ["mse/s0", "mse/s1", "joint/s0", "joint/s1"]
     assert set(started[4:6]) == {"regular/dcgan-c8/s0", "regular/dcgan-c4/s0"} and len(started) == 7  # then seed 1 of the recipe chosen at both depths
+
+
+def test_table_cells_round_the_mean_to_its_interval_and_one_seed_decides_nothing() -> None:
+    from types import SimpleNamespace
+
+    from gankd.experiments.report import _fmt, findings
+
+    assert _fmt(Estimate(6.6612, 0.0981, 3)) == "6.661 ± 0.098" and _fmt(Estimate(8.3, 0.25, 3)) == "8.30 ± 0.25"
+    assert _fmt(Estimate(585.2, 131.0, 2)) == "585 ± 131" and _fmt(Estimate(7.06, math.nan, 1)) == "7.06"
+    agg = {("mse", 2): {"is": Estimate(6.66, 0.1, 3), "parameters": 13_487}, ("joint", 2): {"is": Estimate(7.06, math.nan, 1), "parameters": 13_487}}
+    lines = findings(SimpleNamespace(depths=[2]), {"is": 8.36, "parameters": 3_443_585}, agg, "is", 0.9)
+    assert any("Joint against MSE" in line and "undecided (one seed" in line for line in lines)
+    assert any(line.startswith("- Stu. (joint): one seed so far") for line in lines)
+    assert not any("beats" in line or "ties" in line for line in lines)

@@ -88,7 +88,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, Estimate):
         if value.n < 2 or math.isnan(value.ci95):
             return _fmt(value.mean, digits)
-        return f"{_fmt(value.mean, digits)} ± {_fmt(value.ci95, 2)}"
+        if value.ci95 <= 0:
+            return f"{_fmt(value.mean, digits)} ± 0"
+        decimals = max(0, 1 - math.floor(math.log10(value.ci95)))  # the interval to 2 significant digits, the mean to match
+        return f"{value.mean:,.{decimals}f} ± {value.ci95:,.{decimals}f}"
     if isinstance(value, float):
         return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
@@ -113,7 +116,8 @@ def paper_table(plan: "Plan", teacher: dict[str, Any], agg: dict, columns: list[
                 line(f"{QUALITY[column].label} ({METHOD_LABELS[method]})", [_fmt(agg.get((method, d), {}).get(column)) for d in depths])
     for method in METHOD_LABELS:
         if any((method, d) in agg for d in depths):
-            line(f"steps ({METHOD_LABELS[method]})", [_fmt(agg[(method, d)]["steps"].mean, 3) if (method, d) in agg else "—" for d in depths])
+            warm = " after its MSE student's" if any(name.startswith(f"{method}/") for name in plan.after) else ""
+            line(f"steps ({METHOD_LABELS[method]}{warm})", [_fmt(agg[(method, d)]["steps"].mean, 3) if (method, d) in agg else "—" for d in depths])
     if "regular" in {m for m, _ in agg}:
         line("regular recipe", [plan.choice.get(d, "—") for d in depths])
     seeds = sorted({agg[k]["seeds"] for k in agg})
@@ -134,6 +138,8 @@ def findings(plan: "Plan", teacher: dict[str, Any], agg: dict, column: str, keep
     out = []
 
     def verdict(a: Estimate, b: Estimate) -> str:
+        if a.n < 2 or b.n < 2:
+            return "undecided (one seed: no interval)"
         if column == "is" and a.high < CHANCE_IS and b.high < CHANCE_IS:
             return "both near chance"
         if better(a, b, higher):
@@ -157,6 +163,9 @@ def findings(plan: "Plan", teacher: dict[str, Any], agg: dict, column: str, keep
         for method in METHOD_LABELS:
             by_depth = {d: agg[(method, d)][column] for d in depths if column in agg.get((method, d), {})}
             if not by_depth:
+                continue
+            if all(e.n < 2 for e in by_depth.values()):
+                out.append(f"- {METHOD_LABELS[method]}: one seed so far, no interval: what it keeps of the teacher's {col.label} is undecided.")
                 continue
             kept = [d for d in depths if d in by_depth and keeps(by_depth[d], reference, keep, higher)]
             limit = smallest_kept(by_depth, reference, keep, higher)
