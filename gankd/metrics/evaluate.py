@@ -254,9 +254,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--inception-backend",
         choices=INCEPTION_BACKENDS,
-        help="reference: the TorchScript network in float32, as published; float32: the same layers with batch norm folded "
-        "(equal to float rounding); bf16: that in bfloat16 (default where the CPU has AVX512-BF16/AMX or on CUDA, else float32; "
-        "FID change measured in docs/metrics.md)",
+        help="reference: the TorchScript network in float32, as published; onnxruntime: the same graph in ONNX Runtime "
+        "(equal to float rounding; the CPU default with the onnx extra); float32: the same layers with batch norm folded "
+        "(equal to float rounding; the CPU default without it); bf16: that in bfloat16 (the CUDA default; FID change "
+        "measured in docs/metrics.md)",
     )
     parser.add_argument("--cache-dir", metavar="DIR", help="reference statistics cache (default: $GANKD_CACHE/stats or ~/.cache/gankd/stats)")
 
