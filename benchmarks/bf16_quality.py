@@ -5,8 +5,9 @@
                                       [--samples 10000] [--out runs/bf16-quality] [--json OUT]
 
 Per depth it prints the mean +- 95% CI (Student t over seeds) of the Inception Score (gankd's digit
-classifier) and the teacher-fidelity MSE in each precision, and whether bf16 lies within the
-seed-to-seed spread of fp32 (the intervals overlap) or is decidedly worse. The students of one
+classifier) and the teacher-fidelity MSE in each precision, the same-seed difference bf16 - fp32
+(paired: far tighter than either spread), and whether bf16 lies within the seed-to-seed spread of
+fp32 (the intervals overlap) or is decidedly worse. The students of one
 precision and seed train together in one teacher pass; finished runs are reused, so an
 interrupted benchmark resumes. The default is the demo's setting (the committed MNIST teacher,
 d = 4, 8, 16, 1,500 steps).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -72,18 +74,21 @@ def main(argv: list[str] | None = None) -> int:
         for column, higher in (("is", True), ("fidelity_mse", False)):
             fp32, bf16 = (estimate(scores[(p, depth)][column]) for p in PRECISIONS)
             verdict = "bf16 worse" if better(fp32, bf16, higher) else "bf16 better" if better(bf16, fp32, higher) else "within the seed spread"
-            row[column] = {"fp32": fp32.__dict__, "bf16": bf16.__dict__, "values": {p: scores[(p, depth)][column] for p in PRECISIONS},
-                           "verdict": verdict}  # fmt: skip
+            paired = estimate([b - a for a, b in zip(scores[("fp32", depth)][column], scores[("bf16", depth)][column])])
+            row[column] = {"fp32": fp32.__dict__, "bf16": bf16.__dict__, "bf16_minus_fp32": paired.__dict__,
+                           "values": {p: scores[(p, depth)][column] for p in PRECISIONS}, "verdict": verdict}  # fmt: skip
         rows.append(row)
-    setting = (f"bf16 vs fp32 MSE students, {machine_description(torch.device('cpu'))['description']}; teacher {args.teacher} "
+    machine = machine_description(torch.device("cpu"))["description"].removesuffix(", float32")
+    setting = (f"bf16 vs fp32 MSE students, {machine}; teacher {os.path.relpath(args.teacher)} "
                f"(d={teacher_meta['arch']['depth']}), {args.steps} steps, seeds {seeds}, IS and fidelity on {args.samples:,} samples")
     print(setting)
-    print("| d | IS fp32 | IS bf16 | IS: bf16 is | fidelity MSE fp32 | fidelity MSE bf16 | fidelity: bf16 is |")
-    print("|---|---|---|---|---|---|---|")
+    print("| d | IS fp32 | IS bf16 | bf16 - fp32, same seed | IS: bf16 is | fidelity MSE fp32 | fidelity MSE bf16 | bf16 - fp32, same seed | fidelity: bf16 is |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        cells = [str(Estimate(**row[c][p])) for c in ("is",) for p in PRECISIONS] + [row["is"]["verdict"]]
-        cells += [str(Estimate(**row["fidelity_mse"][p])) for p in PRECISIONS] + [row["fidelity_mse"]["verdict"]]
-        print(f"| {row['depth']} | " + " | ".join(cells) + " |")
+        cells = [str(row["depth"])]
+        for column in ("is", "fidelity_mse"):
+            cells += [str(Estimate(**row[column][key])) for key in (*PRECISIONS, "bf16_minus_fp32")] + [row[column]["verdict"]]
+        print("| " + " | ".join(cells) + " |")
     args.json.write_text(json.dumps({"command": "python -m benchmarks.bf16_quality " + " ".join(argv if argv is not None else sys.argv[1:]),
                                      "setting": setting, "rows": rows}, indent=2) + "\n")  # fmt: skip
     print(f"\nwrote {args.json}")
