@@ -78,6 +78,7 @@ def cells(plan: "Plan", rows: list[dict[str, Any]], columns: list[str]) -> dict[
                 values = [r[column] for r in chosen if r[column] is not None]
                 if values:
                     cell[column] = estimate(values)
+                    cell[f"{column}_by_seed"] = {r["seed"]: r[column] for r in chosen if r[column] is not None}
             out[(method, depth)] = cell
     return out
 
@@ -148,12 +149,24 @@ def findings(plan: "Plan", teacher: dict[str, Any], agg: dict, column: str, keep
             return "is worse than"
         return "ties (intervals overlap)"
 
+    def paired(a: dict[int, float], b: dict[int, float]) -> str:
+        """Joint students warm-started from the MSE student of their seed: the same-seed difference
+        removes the spread between seeds that both share."""
+        difference = estimate([a[seed] - b[seed] for seed in sorted(set(a) & set(b))])
+        if difference.n < 2:
+            return ""
+        sign = 1 if higher else -1
+        word = "better" if sign * difference.low > 0 else "worse" if sign * difference.high < 0 else "no different (the interval holds 0)"
+        return f"; same seed, joint − MSE = {_fmt(difference)}: {word}"
+
     for method in ("mse", "joint"):
-        parts = [f"d={d}: {verdict(agg[(method, d)][column], agg[('regular', d)][column])} ({agg[(method, d)][column]} vs "
-                 f"{agg[('regular', d)][column]})" for d in depths if column in agg.get((method, d), {}) and column in agg.get(("regular", d), {})]
+        parts = [f"d={d}: {verdict(agg[(method, d)][column], agg[('regular', d)][column])} ({_fmt(agg[(method, d)][column])} vs "
+                 f"{_fmt(agg[('regular', d)][column])})" for d in depths if column in agg.get((method, d), {}) and column in agg.get(("regular", d), {})]
         if parts:
             out.append(f"- {METHOD_LABELS[method]} against the regular GAN of its size, {col.label}: " + "; ".join(parts) + ".")
-    parts = [f"d={d}: {verdict(agg[('joint', d)][column], agg[('mse', d)][column])} ({agg[('joint', d)][column]} vs {agg[('mse', d)][column]})"
+    warm = any(name.startswith("joint/") for name in plan.after)
+    parts = [f"d={d}: {verdict(agg[('joint', d)][column], agg[('mse', d)][column])} ({_fmt(agg[('joint', d)][column])} vs "
+             f"{_fmt(agg[('mse', d)][column])}{paired(agg[('joint', d)][f'{column}_by_seed'], agg[('mse', d)][f'{column}_by_seed']) if warm else ''})"
              for d in depths if column in agg.get(("joint", d), {}) and column in agg.get(("mse", d), {})]
     if parts:
         out.append(f"- Joint against MSE students, {col.label}: " + "; ".join(parts) + ".")
