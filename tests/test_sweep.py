@@ -28,6 +28,7 @@ TINY = {
     "depths": [2, 4],
     "methods": {"mse": {"steps": 12, "patience": 2, "eval_every": 4},
                 "joint": {"alpha": 0.3, "loss": "dcgan", "steps": 5, "init": "mse"},
+                "mse-continued": {},
                 "regular": {"recipes": {"dcgan-c8": {"loss": "dcgan", "critic_depth": 8, "steps": 5},
                                         "dcgan-c4": {"loss": "dcgan", "critic_depth": 4, "steps": 5}}}},
     "evaluation": {"metrics": ["is", "cfid", "fidelity"], "samples": 200},
@@ -65,22 +66,25 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     keys = {(r["method"], r["recipe"], r["seed"], r["depth"]) for r in rows}
-    for method in ("mse", "joint"):
+    for method in ("mse", "joint", "mse-continued"):
         assert {(method, "", s, d) for s in "01" for d in "24"} <= keys
     assert {("regular", r, "0", d) for r in ("dcgan-c8", "dcgan-c4") for d in "24"} <= keys
     chosen = [r for r in rows if r["method"] == "regular" and r["seed"] == "1"]
     assert len(chosen) == 2  # the other seed trains only the recipe chosen at each depth
     for row in rows:
         assert 1 <= float(row["is"]) <= 10 and float(row["cfid"]) > 0 and int(row["samples"]) == 200
-        assert (row["fidelity_mse"] != "") == (row["method"] in ("mse", "joint"))
+        assert (row["fidelity_mse"] != "") == (row["method"] in ("mse", "joint", "mse-continued"))
     assert all(r["stopped"] for r in rows if r["method"] != "teacher")
     joint = json.loads((out / "runs" / "joint" / "s1" / "d4" / "config.json").read_text())
     assert joint["init"] == str(out / "runs" / "mse" / "s1" / "d4" / "generator.safetensors")  # warm-started from its MSE student
+    control = json.loads((out / "runs" / "mse-continued" / "s1" / "d4" / "config.json").read_text())
+    assert control["method"] == "mse" and control["init"] == joint["init"] and control["steps"] == joint["steps"] == 5
+    assert control["alpha"] == 0 and control["seed"] == joint["seed"]  # the joint students' run without the critic
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dataset"] == "mnist" and summary["teacher"]["metric"] == "is" and summary["teacher"]["params"] > 0
     is_rows = {(r["method"], r["depth"]): r for r in summary["rows"] if r["metric"] == "is"}
-    assert set(is_rows) == {(m, d) for m in ("mse", "joint", "regular") for d in (2, 4)}
+    assert set(is_rows) == {(m, d) for m in ("mse", "joint", "mse-continued", "regular") for d in (2, 4)}
     mse_values = [float(r["is"]) for r in rows if r["method"] == "mse" and r["depth"] == "2"]
     expected = estimate(mse_values)
     assert is_rows[("mse", 2)]["mean"] == pytest.approx(expected.mean) and is_rows[("mse", 2)]["ci95"] == pytest.approx(expected.ci95)
@@ -96,6 +100,7 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
             assert image.format == "PNG" and image.width > 100
     assert "recipes tried" in report and "(chosen)" in report
     assert "compression limit" in report
+    assert "Joint against the same MSE students continued by MSE" in report and "same seed, joint − continued" in report
 
 
 def test_confidence_intervals_match_scipy() -> None:
@@ -196,8 +201,8 @@ def test_students_start_before_regular_gans_and_joint_ones_as_soon_as_their_mse_
     monkeypatch.setattr(sweep, "run_job", run_job)
     monkeypatch.setattr(sweep, "evaluate_model", lambda model, *a, **k: {"metrics": {"is": {"mean": float(model.depth)}}})
     sweep.train_all(plan, sweep.evaluation_settings(spec), parallel=1)
-    assert started[:4] == ["mse/s0", "mse/s1", "joint/s0", "joint/s1"]
-    assert set(started[4:6]) == {"regular/dcgan-c8/s0", "regular/dcgan-c4/s0"} and len(started) == 7  # then seed 1 of the recipe chosen at both depths
+    assert started[:6] == ["mse/s0", "mse/s1", "joint/s0", "joint/s1", "mse-continued/s0", "mse-continued/s1"]
+    assert set(started[6:8]) == {"regular/dcgan-c8/s0", "regular/dcgan-c4/s0"} and len(started) == 9  # then seed 1 of the recipe chosen at both depths
 
 
 def test_table_cells_round_the_mean_to_its_interval_and_one_seed_decides_nothing() -> None:
@@ -229,3 +234,6 @@ def test_warm_started_joint_students_are_also_compared_seed_by_seed() -> None:
     worse = {s: v - 0.45 for s, v in mse.items()}
     agg[("joint", 2)] = {"is": estimate(list(worse.values())), "is_by_seed": worse, "parameters": 13_487}
     assert next(x for x in findings(plan, {"parameters": 3_443_585}, agg, "is", 0.9) if "Joint" in x).endswith(": worse).")
+    # lower is better (cFID): a negative difference is the better one
+    agg = {(m, 2): {"cfid": estimate(list(v.values())), "cfid_by_seed": v, "parameters": 13_487} for m, v in (("mse", joint), ("joint", mse))}
+    assert next(x for x in findings(plan, {"parameters": 3_443_585}, agg, "cfid", 0.9) if "Joint" in x).endswith(": better).")

@@ -28,6 +28,7 @@ from gankd.files import atomic_write_bytes
 from gankd.metrics.registry import METRICS
 from gankd.training import finished
 
+STUDENT_METHODS = ("mse", "joint", "mse-continued")  # distilled from the teacher (the rest are GANs trained on data)
 EVALUATION_DEFAULTS = {"metrics": ["is", "cfid", "fidelity", "cost"], "samples": 10000, "seed": 0, "device": "auto"}
 
 
@@ -125,7 +126,7 @@ def run_job(job: Job, threads: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "job.json"
     atomic_write_bytes(config_path, (json.dumps(job.options, indent=2) + "\n").encode())
-    command = "distill" if job.method in ("mse", "joint") else "train"
+    command = "distill" if job.method in STUDENT_METHODS else "train"
     depths = ",".join(str(c.depth) for c in job.configs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     out = folder if len(job.configs) > 1 else Path(job.configs[0].out)  # one depth: the CLI writes straight to --out
@@ -159,7 +160,7 @@ def evaluate_model(model: Model, metrics: list[str], samples: int, seed: int, de
     count, seed and the generator file's modification time)."""
     from gankd.metrics.evaluate import evaluate, json_ready
 
-    if model.method not in ("mse", "joint"):
+    if model.method not in STUDENT_METHODS:
         metrics = [m for m in metrics if m != "fidelity"]
     cache = model.run_dir / "eval.json"
     key = evaluation_key(metrics, samples, seed)

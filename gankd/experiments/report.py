@@ -27,8 +27,8 @@ from gankd.sampling import images_from  # noqa: E402
 if TYPE_CHECKING:
     from gankd.experiments.sweep import Plan
 
-METHOD_LABELS = {"mse": "Stu. (MSE)", "joint": "Stu. (joint)", "regular": "Reg."}
-COLORS = {"mse": "tab:blue", "joint": "tab:orange", "regular": "tab:green"}
+METHOD_LABELS = {"mse": "Stu. (MSE)", "joint": "Stu. (joint)", "mse-continued": "Stu. (MSE, continued)", "regular": "Reg."}
+COLORS = {"mse": "tab:blue", "joint": "tab:orange", "mse-continued": "tab:purple", "regular": "tab:green"}
 FIGURE_LATENTS, FIGURE_SEED = 12, 11
 CHANCE_IS = 1.5  # below this an MNIST generator's IS says little more than "not digits"
 
@@ -149,15 +149,15 @@ def findings(plan: "Plan", teacher: dict[str, Any], agg: dict, column: str, keep
             return "is worse than"
         return "ties (intervals overlap)"
 
-    def paired(a: dict[int, float], b: dict[int, float]) -> str:
+    def paired(a: dict[int, float], b: dict[int, float], other: str) -> str:
         """Joint students warm-started from the MSE student of their seed: the same-seed difference
         removes the spread between seeds that both share."""
         difference = estimate([a[seed] - b[seed] for seed in sorted(set(a) & set(b))])
         if difference.n < 2:
             return ""
-        sign = 1 if higher else -1
-        word = "better" if sign * difference.low > 0 else "worse" if sign * difference.high < 0 else "no different (the interval holds 0)"
-        return f"; same seed, joint − MSE = {_fmt(difference)}: {word}"
+        above, below = difference.low > 0, difference.high < 0  # the whole interval on one side of 0
+        word = "better" if (above if higher else below) else "worse" if (below if higher else above) else "no different (the interval holds 0)"
+        return f"; same seed, joint − {'MSE' if other == 'mse' else 'continued'} = {_fmt(difference)}: {word}"
 
     for method in ("mse", "joint"):
         parts = [f"d={d}: {verdict(agg[(method, d)][column], agg[('regular', d)][column])} ({_fmt(agg[(method, d)][column])} vs "
@@ -165,11 +165,12 @@ def findings(plan: "Plan", teacher: dict[str, Any], agg: dict, column: str, keep
         if parts:
             out.append(f"- {METHOD_LABELS[method]} against the regular GAN of its size, {col.label}: " + "; ".join(parts) + ".")
     warm = any(name.startswith("joint/") for name in plan.after)
-    parts = [f"d={d}: {verdict(agg[('joint', d)][column], agg[('mse', d)][column])} ({_fmt(agg[('joint', d)][column])} vs "
-             f"{_fmt(agg[('mse', d)][column])}{paired(agg[('joint', d)][f'{column}_by_seed'], agg[('mse', d)][f'{column}_by_seed']) if warm else ''})"
-             for d in depths if column in agg.get(("joint", d), {}) and column in agg.get(("mse", d), {})]
-    if parts:
-        out.append(f"- Joint against MSE students, {col.label}: " + "; ".join(parts) + ".")
+    for other, title in (("mse", "MSE students"), ("mse-continued", "the same MSE students continued by MSE for the joint students' steps")):
+        parts = [f"d={d}: {verdict(agg[('joint', d)][column], agg[(other, d)][column])} ({_fmt(agg[('joint', d)][column])} vs "
+                 f"{_fmt(agg[(other, d)][column])}{paired(agg[('joint', d)][f'{column}_by_seed'], agg[(other, d)][f'{column}_by_seed'], other) if warm else ''})"
+                 for d in depths if column in agg.get(("joint", d), {}) and column in agg.get((other, d), {})]
+        if parts:
+            out.append(f"- Joint against {title}, {col.label}: " + "; ".join(parts) + ".")
     reference = teacher.get(column)
     if reference is not None:
         bound = f"≥ {keep:.0%} of" if higher else f"≤ 1/{keep:g} ×"
@@ -290,6 +291,8 @@ def recipe_table(plan: "Plan", rows: list[dict[str, Any]], primary: str) -> list
     if len(plan.recipes) < 2:
         return []
     first = plan.seeds[0]
+    unfinished = [r for r in rows if r["method"] == "regular" and r["seed"] == first and r["status"] != "done"]
+    pending = " among the recipes finished so far (a cell marked — is still training)" if unfinished else ""
     lines = [f"| recipe (seed {first}) | " + " | ".join(f"d={d}" for d in plan.depths) + " |", "|---|" + "---|" * len(plan.depths)]
     for name in plan.recipes:
         values = []
@@ -302,7 +305,7 @@ def recipe_table(plan: "Plan", rows: list[dict[str, Any]], primary: str) -> list
             values.append(f"{_fmt(row[primary])}, critic loss {_fmt(row['critic_loss_final'])}, {row['steps']} steps{mark}")
         lines.append(f"| {name}: `{json.dumps(plan.recipes[name])}` | " + " | ".join(values) + " |")
     return ["## Regular GANs: recipes tried (first seed), the best one per depth trained at every seed", "",
-            f"Chosen by {QUALITY[primary].label} at seed {first}; the critic loss is the last logged value.", "", *lines, ""]
+            f"Chosen by {QUALITY[primary].label} at seed {first}{pending}; the critic loss is the last logged value.", "", *lines, ""]
 
 
 def write_report(plan: "Plan", settings: dict[str, Any]) -> None:

@@ -3,13 +3,16 @@
 A sweep config (JSON) names the data, a teacher (trained here, or an existing checkpoint), the
 depths, the seeds, and the settings of the three ways of getting a small generator:
 
-    mse      students distilled by pixel MSE              (gankd distill --method mse)
-    joint    students distilled by MSE + adversarial      (gankd distill --method joint)
-    regular  GANs of the students' sizes from scratch     (gankd train)
+    mse            students distilled by pixel MSE              (gankd distill --method mse)
+    joint          students distilled by MSE + adversarial      (gankd distill --method joint)
+    mse-continued  the control of a warm-started joint method: the same MSE students continued
+                   by MSE alone with the joint students' steps, seeds and settings, no critic
+    regular        GANs of the students' sizes from scratch     (gankd train)
 
 The students of one method and seed train together in one teacher pass. ``"init": "mse"`` in the
 joint method's settings starts each joint student from the MSE student of its seed and depth
-(an MSE warm start; the joint job then runs after that MSE job). ``regular`` may list
+(an MSE warm start; the joint job then runs after that MSE job); ``"mse-continued": {}`` then
+says whether the adversarial term or the extra steps made the difference. ``regular`` may list
 several recipes (critic size and loss, ...): each is trained at the first seed, the best one at
 each depth (by the primary metric) is trained at the other seeds, and the report says which was
 chosen and why, so "the student beats the regular GAN" is won against the best recipe tried.
@@ -27,13 +30,14 @@ from typing import Any
 
 from gankd.checkpoint import load_generator
 from gankd.errors import GankdError
-from gankd.experiments.jobs import (EVALUATION_DEFAULTS, QUALITY, Job, Model, columns_of, evaluate_model, make_job, metric_value,
-                                    refresh, run_job)
+from gankd.experiments.jobs import (EVALUATION_DEFAULTS, QUALITY, STUDENT_METHODS, Job, Model, columns_of, evaluate_model, make_job,
+                                    metric_value, refresh, run_job)
 from gankd.files import atomic_write_bytes
 from gankd.progress import progress, track
 from gankd.runtime import resolve_device
 
-METHODS = ("mse", "joint", "regular")
+METHODS = (*STUDENT_METHODS, "regular")
+CRITIC_KEYS = {"alpha", "loss", "critic_depth", "critic_steps", "gp_lambda", "balance"}  # what mse-continued drops from joint's settings
 SPEC_KEYS = {"name", "description", "data", "common", "seeds", "teacher", "depths", "methods", "evaluation", "keep"}
 EVALUATION_KEYS = set(EVALUATION_DEFAULTS) | {"primary"}
 
@@ -102,7 +106,7 @@ class Plan:
         self.depths: list[int] = spec["depths"]
         self.teacher = self._teacher_job()
         self.after: dict[str, str] = {}  # job name -> the job it starts from (joint students warm-started from MSE ones)
-        self.students = [self._job(method, seed, self.depths) for method in ("mse", "joint") if method in spec["methods"]
+        self.students = [self._job(method, seed, self.depths) for method in STUDENT_METHODS if method in spec["methods"]
                          for seed in self.seeds]
         self.recipes = recipes(spec)
         # the first seed of every recipe; the other seeds follow the choice (choose_recipes)
@@ -132,10 +136,17 @@ class Plan:
             options = {**self.base, **self.recipes[recipe], "method": "gan"}
             folder, name = self.runs / "regular" / recipe / f"s{seed}", f"regular/{recipe}/s{seed}"
         else:
-            options = {**self.base, **self.spec["methods"][method], "method": method, "teacher": str(self.teacher.models[0].checkpoint)}
+            own = self.spec["methods"][method]
+            if method == "mse-continued":
+                joint = self.spec["methods"].get("joint", {})
+                if joint.get("init") != "mse":
+                    raise GankdError(f"{self.source}: \"mse-continued\" is the control of joint students warm-started from MSE (\"init\": \"mse\")")
+                own = {**{k: v for k, v in joint.items() if k not in CRITIC_KEYS}, **own}
+            options = {**self.base, **own, "method": "mse" if method == "mse-continued" else method,
+                       "teacher": str(self.teacher.models[0].checkpoint)}
             folder, name = self.runs / method / f"s{seed}", f"{method}/s{seed}"
             if options.get("init") == "mse":
-                if method != "joint" or "mse" not in self.spec["methods"]:
+                if method == "mse" or "mse" not in self.spec["methods"]:
                     raise GankdError(f"{self.source}: \"init\": \"mse\" starts joint students from the sweep's MSE students")
                 options["init"] = str(self.runs / "mse" / f"s{seed}" / "d{depth}" / "generator.safetensors")
                 self.after[name] = f"mse/s{seed}"
@@ -178,9 +189,8 @@ def run_sweep(config_path: Path, out: Path, parallel: int = 1, train: bool = Tru
         for job in plan.jobs:
             refresh(job)
         first_seed = list(plan.regular) if len(plan.recipes) > 1 else []
-        if first_seed and all(j.status == "done" for j in first_seed):
-            for job in choose_regular(plan, first_seed, settings):
-                refresh(job)
+        for job in choose_regular(plan, first_seed, settings) if first_seed else []:  # among the models finished so far
+            refresh(job)
     evaluate_all(plan, settings)
     status = {job.name: {"status": job.status, **({"error": job.error} if job.error else {})} for job in plan.jobs}
     atomic_write_bytes(out / "status.json", (json.dumps(status, indent=2) + "\n").encode())
@@ -264,4 +274,4 @@ def evaluate_all(plan: Plan, settings: dict[str, Any]) -> None:
     data_root = plan.spec["data"].get("data")
     for model in track(models, "evaluating", "model"):
         model.evaluation = evaluate_model(model, settings["metrics"], settings["samples"], settings["seed"], device,
-                                          teacher if model.method in ("mse", "joint") else None, data_root)
+                                          teacher if model.method in STUDENT_METHODS else None, data_root)
