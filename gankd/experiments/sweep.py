@@ -111,6 +111,7 @@ class Plan:
         self.recipes = recipes(spec)
         # the first seed of every recipe; the other seeds follow the choice (choose_recipes)
         self.regular = [self._job("regular", self.seeds[0], self.depths, name) for name in self.recipes]
+        self.first_seed_regular = list(self.regular) if len(self.recipes) > 1 else []  # the jobs a recipe is chosen from
         self.choice: dict[int, str] = {d: next(iter(self.recipes)) for d in self.depths} if len(self.recipes) == 1 else {}
         if len(self.recipes) == 1:
             self.regular += [self._job("regular", seed, self.depths, next(iter(self.recipes))) for seed in self.seeds[1:]]
@@ -188,8 +189,7 @@ def run_sweep(config_path: Path, out: Path, parallel: int = 1, train: bool = Tru
     else:
         for job in plan.jobs:
             refresh(job)
-        first_seed = list(plan.regular) if len(plan.recipes) > 1 else []
-        for job in choose_regular(plan, first_seed, settings) if first_seed else []:  # among the models finished so far
+        for job in choose_regular(plan, settings) if plan.first_seed_regular else []:  # among the models finished so far
             refresh(job)
     evaluate_all(plan, settings)
     status = {job.name: {"status": job.status, **({"error": job.error} if job.error else {})} for job in plan.jobs}
@@ -207,7 +207,6 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int) -> None:
         refresh(job)
     threads = max(1, (os.cpu_count() or 1) // parallel)
     bar = progress(sum(j.status != "done" for j in plan.jobs), "sweep jobs", "job")
-    first_seed_regular = list(plan.regular) if plan.recipes and len(plan.recipes) > 1 else []
     ready: list[Job] = [plan.teacher]  # jobs whose inputs exist; started in the order of plan.jobs
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         running: dict[Future, Job] = {}
@@ -232,9 +231,9 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int) -> None:
                         add([job])
                     elif first.status in ("failed", "skipped"):
                         job.status, job.error = "skipped", f"{first.name} did not finish"
-            if first_seed_regular and not regular_chosen and all(j.status in ("done", "failed") for j in first_seed_regular):
+            if plan.first_seed_regular and not regular_chosen and all(j.status in ("done", "failed") for j in plan.first_seed_regular):
                 regular_chosen = True
-                new = choose_regular(plan, first_seed_regular, settings)
+                new = choose_regular(plan, settings)
                 bar.total += len(new)
                 add(new)
             while ready and len(running) < parallel:
@@ -253,11 +252,11 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int) -> None:
     bar.close()
 
 
-def choose_regular(plan: Plan, first_seed: list[Job], settings: dict[str, Any]) -> list[Job]:
+def choose_regular(plan: Plan, settings: dict[str, Any]) -> list[Job]:
     """Score the first seed's regular GANs on the primary metric and return the jobs that train
     the recipe chosen at each depth at the other seeds."""
     score = {}
-    for job in first_seed:
+    for job in plan.first_seed_regular:
         for model in job.models:
             if model.status == "done":
                 model.evaluation = evaluate_model(model, settings["metrics"], settings["samples"], settings["seed"],
