@@ -6,11 +6,12 @@ Nothing here knows about GANs; training, evaluation and the CLI share it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -66,7 +67,11 @@ def distributed_runtime(device_name: str) -> Iterator[Runtime]:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield Runtime(device, dist.get_rank(), world_size)
+        # A rank that closes its connections while a peer still finishes (rank 0 writes the last
+        # checkpoint and samples) can make the peer's gloo threads abort at exit: meet first.
+        dist.barrier()
     finally:
+        gc.collect()  # DDP wrappers caught in reference cycles still hold the group; free them first
         dist.destroy_process_group()
 
 
@@ -97,13 +102,16 @@ def owned_run_folders(folders: list[Path], rt: Runtime) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def stop_requests() -> Iterator[dict[str, int]]:
-    """Turn SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint before exiting."""
+def stop_requests(forward: Callable[[int], None] | None = None) -> Iterator[dict[str, int]]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint before exiting;
+    ``forward`` also passes the signal on (a sweep, to the runs it started)."""
     received: dict[str, int] = {}
     previous = {}
 
     def handler(signum: int, _frame: Any) -> None:
         received["signal"] = signum
+        if forward is not None:
+            forward(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone

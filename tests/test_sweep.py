@@ -192,7 +192,7 @@ def test_students_start_before_regular_gans_and_joint_ones_as_soon_as_their_mse_
     plan = Plan(spec, tmp_path, "tiny")
     started: list[str] = []
 
-    def run_job(job, threads: int) -> None:  # trains nothing: records the order, marks the job done
+    def run_job(job, threads: int, children) -> None:  # trains nothing: records the order, marks the job done
         started.append(job.name)
         job.status = "done"
         for model in job.models:
@@ -237,3 +237,34 @@ def test_warm_started_joint_students_are_also_compared_seed_by_seed() -> None:
     # lower is better (cFID): a negative difference is the better one
     agg = {(m, 2): {"cfid": estimate(list(v.values())), "cfid_by_seed": v, "parameters": 13_487} for m, v in (("mse", joint), ("joint", mse))}
     assert next(x for x in findings(plan, {"parameters": 3_443_585}, agg, "cfid", 0.9) if "Joint" in x).endswith(": better).")
+
+
+def test_a_stopped_sweep_stops_its_runs_and_leaves_no_orphan(mnist_teacher: Path, tmp_path: Path) -> None:
+    """SIGTERM to the sweep (a scheduler's or `kill`'s) reaches the run it started: the run
+    checkpoints, its folder is free again, the sweep says how to resume and starts nothing more."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from gankd.files import owned_folder
+
+    spec = {**json.loads(json.dumps(TINY)), "teacher": {"checkpoint": str(mnist_teacher)}, "seeds": [0], "depths": [2],
+            "methods": {"mse": {"steps": 100_000, "patience": None}, "regular": {"loss": "dcgan", "steps": 5}}}
+    out = tmp_path / "out"
+    sweep = subprocess.Popen([sys.executable, "-m", "gankd.cli", "sweep", str(write(tmp_path / "long.json", spec)), "--out", str(out)],
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = out / "runs" / "mse" / "s0" / "d2" / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 2) and time.monotonic() < deadline and sweep.poll() is None:
+        time.sleep(0.5)
+    assert sweep.poll() is None, sweep.stderr.read() if sweep.stderr else ""
+    sweep.send_signal(signal.SIGTERM)
+    _, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 1 and "sweep stopped by SIGTERM" in stderr and "run the same command again to resume" in stderr
+    assert "stopped by SIGTERM" in (out / "runs" / "mse" / "s0" / "train.log").read_text()
+    assert (metrics.parent / "checkpoints" / "last.safetensors").exists()
+    with owned_folder(metrics.parent):  # no orphaned run still holds it
+        pass
+    assert not (out / "runs" / "regular").exists()  # nothing started after the stop

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,36 @@ def refresh(job: Job) -> None:
         job.status = "done"
 
 
-def run_job(job: Job, threads: int) -> None:
+class Children:
+    """The gankd subprocesses a sweep has running, so that a stop request reaches each of them (they
+    checkpoint and exit) and none starts after it."""
+
+    def __init__(self) -> None:
+        self.processes: set[subprocess.Popen] = set()
+        self.stopped = 0
+        self.lock = threading.Lock()
+
+    def run(self, args: list[str], **options: Any) -> int:
+        """Run ``args`` to the end and return its exit code (-signal if stopped before it started)."""
+        with self.lock:
+            if self.stopped:
+                return -self.stopped
+            process = subprocess.Popen(args, **options)
+            self.processes.add(process)
+        try:
+            return process.wait()
+        finally:
+            with self.lock:
+                self.processes.discard(process)
+
+    def stop(self, signum: int) -> None:
+        with self.lock:
+            self.stopped = signum
+            for process in self.processes:
+                process.send_signal(signum)
+
+
+def run_job(job: Job, threads: int, children: Children | None = None) -> None:
     """Train (or resume) the job's models in one gankd subprocess; its output goes to train.log."""
     refresh(job)
     if job.status == "done":
@@ -131,12 +161,12 @@ def run_job(job: Job, threads: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     out = folder if len(job.configs) > 1 else Path(job.configs[0].out)  # one depth: the CLI writes straight to --out
     with (folder / "train.log").open("a") as log:
-        result = subprocess.run([sys.executable, "-m", "gankd.cli", command, "--config", str(config_path), "--out", str(out),
-                                 "--depth", depths, "--resume"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        returncode = (children or Children()).run([sys.executable, "-m", "gankd.cli", command, "--config", str(config_path), "--out", str(out),
+                                                   "--depth", depths, "--resume"], stdout=log, stderr=subprocess.STDOUT, env=env)
     refresh(job)
     if job.status != "done":
         lines = (folder / "train.log").read_text(errors="replace").strip().splitlines()
-        job.error = lines[-1] if lines else f"exit code {result.returncode}"
+        job.error = lines[-1] if lines else f"exit code {returncode}"
         job.status = "failed"
         for model in job.models:
             if model.status != "done":

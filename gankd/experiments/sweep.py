@@ -24,17 +24,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from gankd.checkpoint import load_generator
 from gankd.errors import GankdError
-from gankd.experiments.jobs import (EVALUATION_DEFAULTS, QUALITY, STUDENT_METHODS, Job, Model, columns_of, evaluate_model, make_job,
-                                    metric_value, refresh, run_job)
+from gankd.experiments.jobs import (EVALUATION_DEFAULTS, QUALITY, STUDENT_METHODS, Children, Job, Model, columns_of, evaluate_model,
+                                    make_job, metric_value, refresh, run_job)
 from gankd.files import atomic_write_bytes
 from gankd.progress import progress, track
-from gankd.runtime import resolve_device
+from gankd.runtime import resolve_device, stop_requests
 
 METHODS = (*STUDENT_METHODS, "regular")
 CRITIC_KEYS = {"alpha", "loss", "critic_depth", "critic_steps", "gp_lambda", "balance"}  # what mse-continued drops from joint's settings
@@ -208,7 +209,8 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int) -> None:
     threads = max(1, (os.cpu_count() or 1) // parallel)
     bar = progress(sum(j.status != "done" for j in plan.jobs), "sweep jobs", "job")
     ready: list[Job] = [plan.teacher]  # jobs whose inputs exist; started in the order of plan.jobs
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
+    children = Children()
+    with stop_requests(children.stop) as stop, ThreadPoolExecutor(max_workers=parallel) as pool:
         running: dict[Future, Job] = {}
 
         def add(jobs: list[Job]) -> None:
@@ -236,11 +238,11 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int) -> None:
                 new = choose_regular(plan, settings)
                 bar.total += len(new)
                 add(new)
-            while ready and len(running) < parallel:
+            while ready and len(running) < parallel and not stop:
                 job = min(ready, key=plan.jobs.index)
                 ready.remove(job)
                 if job.status != "done":
-                    running[pool.submit(run_job, job, threads)] = job
+                    running[pool.submit(run_job, job, threads, children)] = job
             if not running:
                 break
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -250,6 +252,9 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int) -> None:
                 bar.set_postfix_str(f"{job.name}: {job.status}")
                 bar.update(1)
     bar.close()
+    if stop:
+        raise GankdError(f"sweep stopped by {signal.Signals(stop['signal']).name}: finished models are kept and running ones "
+                         "checkpointed; run the same command again to resume")
 
 
 def choose_regular(plan: Plan, settings: dict[str, Any]) -> list[Job]:
