@@ -64,6 +64,7 @@ class RunConfig:
     # objective
     loss: str = "wgan-gp"  # adversarial loss of gan and joint
     gp_lambda: float = 10.0
+    r1_gamma: float = 0.0  # dcgan: R1 penalty on the critic's gradient at real images (gankd/losses.py)
     teacher: str | None = None  # gankd checkpoint or TorchScript file (distillation)
     alpha: float = 0.0  # joint: (1 - alpha) * MSE + alpha * w * adversarial (gankd/losses.py)
     balance: str = "gradient"  # w: "gradient" (alpha = the critic's share of the pull) or "none" (w = 1, the paper)
@@ -146,6 +147,7 @@ class RunConfig:
         check(0 <= self.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED} (2^32 - 1), got {self.seed}")
         check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
         check(self.gp_lambda >= 0, f"gp lambda must be >= 0, got {self.gp_lambda}")
+        check(self.r1_gamma >= 0, f"r1 gamma must be >= 0, got {self.r1_gamma}")
         check(self.lr is None or self.lr > 0, f"learning rate must be > 0, got {self.lr}")
         check(self.critic_steps is None or self.critic_steps >= 1, f"critic steps must be >= 1, got {self.critic_steps}")
         check(self.betas is None or (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),

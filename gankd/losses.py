@@ -3,7 +3,7 @@
 With x real images, z ~ N(0, I), D the critic, G the network being trained, G_T the teacher:
 
     critic  wgan-gp  mean D(G(z)) - mean D(x) + lambda mean (||grad D(x_hat)|| - 1)^2
-            dcgan    mean softplus(-D(x)) + mean softplus(D(G(z)))
+            dcgan    mean softplus(-D(x)) + mean softplus(D(G(z)))  [+ gamma/2 mean ||grad D(x)||^2, R1]
     gan     L_G = adv(G(z))           adv = -mean D (wgan-gp), mean softplus(-D) (dcgan, non-saturating)
     mse     L_G = MSE(G(z), G_T(z))   summed over pixels, averaged over the batch (the paper), or mean
     joint   L_G = (1 - alpha) MSE + alpha * w * adv
@@ -34,10 +34,12 @@ _TINY = 1e-12
 
 
 def critic_loss(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, loss: str, gp_lambda: float,
-                eps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                eps: torch.Tensor | None = None, r1_gamma: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The critic's objective on one real and one fake batch, and its diagnostics. ``eps`` (N,)
     are the WGAN-GP interpolation weights, drawn by the caller so that every student of a run
-    sees the same numbers."""
+    sees the same numbers. ``r1_gamma`` adds the dcgan critic's R1 penalty, gamma/2 E||grad D(x)||^2
+    on real images (Mescheder et al. 2018): a critic that may not sharpen its slope at the data
+    cannot win outright."""
     n = real.shape[0]
     if loss == "wgan-gp":
         # One forward over [real; fake] (the critic has no BatchNorm, so rows are independent and
@@ -54,9 +56,16 @@ def critic_loss(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, loss:
         value = d_fake.mean() - d_real.mean() + gp_lambda * gp
         stats = {"d_loss": value, "wasserstein": d_real.mean() - d_fake.mean(), "gp": gp}
     else:  # dcgan: separate passes so BatchNorm sees pure real and pure fake batches
+        if r1_gamma > 0:
+            real = real.detach().requires_grad_(True)
         d_real, d_fake = critic(real), critic(fake)
         value = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
         stats = {"d_loss": value}
+        if r1_gamma > 0:
+            (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
+            r1 = grad.float().pow(2).flatten(1).sum(1).mean()
+            value = value + r1_gamma / 2 * r1
+            stats["r1"] = r1
     stats.update(d_real=d_real.mean(), d_fake=d_fake.mean())
     return value, {k: v.detach() for k, v in stats.items()}
 

@@ -297,7 +297,8 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
                 with torch.no_grad(), autocast:
                     fake = m.g_train(z_critic)
                 with autocast:
-                    loss_d, step_stats[id(m)] = critic_loss(m.d_train, real, fake.float(), base.loss, base.gp_lambda, eps)
+                    loss_d, step_stats[id(m)] = critic_loss(m.d_train, real, fake.float(), base.loss, base.gp_lambda, eps,
+                                                                base.r1_gamma)
                 m.opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 m.opt_d.step()

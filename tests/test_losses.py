@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gankd.losses import GeneratorObjective, distillation_loss, generator_adversarial_loss
+from gankd.losses import GeneratorObjective, critic_loss, distillation_loss, generator_adversarial_loss
 from gankd.models import Architecture, Critic
 
 
@@ -83,3 +83,19 @@ def test_gan_and_mse_objectives_are_their_single_term(batch) -> None:
     grad, stats = GeneratorObjective("dcgan", False).images_gradient(fake, None, critic)
     torch.testing.assert_close(grad, g_adv)
     assert set(stats) == {"g_adv", "g_loss"}
+
+
+def test_r1_penalty_is_half_gamma_times_the_squared_slope_at_real_images() -> None:
+    """A linear critic D(x) = <w, x> + b has slope w at every image, so R1 adds gamma/2 ||w||^2
+    exactly; gamma = 0 leaves the plain dcgan loss."""
+    torch.manual_seed(0)
+    critic = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 1))
+    real, fake = torch.randn(5, 1, 4, 4), torch.randn(5, 1, 4, 4)
+    plain, stats = critic_loss(critic, real, fake, "dcgan", 10.0)
+    assert "r1" not in stats
+    penalised, stats = critic_loss(critic, real, fake, "dcgan", 10.0, r1_gamma=3.0)
+    slope = critic[1].weight.detach().pow(2).sum()
+    assert float(stats["r1"]) == pytest.approx(float(slope), rel=1e-6)
+    assert float(penalised) == pytest.approx(float(plain) + 1.5 * float(slope), rel=1e-6)
+    penalised.backward()  # the penalty's gradient reaches the critic: d/dw of 1.5 ||w||^2 is part of it
+    assert critic[1].weight.grad is not None
