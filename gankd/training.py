@@ -298,7 +298,7 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
                     fake = m.g_train(z_critic)
                 with autocast:
                     loss_d, step_stats[id(m)] = critic_loss(m.d_train, real, fake.float(), base.loss, base.gp_lambda, eps,
-                                                                base.r1_gamma)
+                                                                base.resolved_r1_gamma)
                 m.opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 m.opt_d.step()

@@ -99,3 +99,15 @@ def test_r1_penalty_is_half_gamma_times_the_squared_slope_at_real_images() -> No
     assert float(penalised) == pytest.approx(float(plain) + 1.5 * float(slope), rel=1e-6)
     penalised.backward()  # the penalty's gradient reaches the critic: d/dw of 1.5 ||w||^2 is part of it
     assert critic[1].weight.grad is not None
+
+
+def test_r1_is_on_by_default_only_for_the_dcgan_loss_at_128_pixels() -> None:
+    from gankd.config import RunConfig
+    from gankd.errors import UsageError
+
+    assert RunConfig(image_size=128, loss="dcgan").resolved_r1_gamma == 1.0
+    assert RunConfig(image_size=64, loss="dcgan").resolved_r1_gamma == RunConfig(image_size=32, loss="dcgan").resolved_r1_gamma == 0.0
+    assert RunConfig(image_size=128, loss="wgan-gp").resolved_r1_gamma == 0.0
+    assert RunConfig(image_size=128, loss="dcgan", r1_gamma=0.0).resolved_r1_gamma == 0.0
+    with pytest.raises(UsageError, match="penalty of the dcgan loss"):
+        RunConfig(loss="wgan-gp", r1_gamma=1.0)
