@@ -290,7 +290,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from gankd.experiments.sweep import run_sweep
 
-    jobs = run_sweep(args.config, args.out, parallel=args.jobs, train=not args.report_only).jobs
+    jobs = run_sweep(args.config, args.out, parallel=args.jobs, train=not args.report_only, threads=args.threads).jobs
     unfinished = [j for j in jobs if j.status != "done"]
     print(f"report: {args.out / 'report.md'} ({len(jobs) - len(unfinished)} of {len(jobs)} jobs finished)")
     for job in unfinished:
@@ -373,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, help="sweep config (JSON), e.g. configs/mnist.json")
     p.add_argument("--out", type=Path, required=True, help="output folder (runs/, results.csv, report.md, ...)")
     p.add_argument("--jobs", type=_int_at_least(1), default=1, help="independent runs trained in parallel processes")
+    p.add_argument("--threads", type=_int_at_least(1), help="CPU threads per run (default: the cores shared by --jobs); "
+                                                             "lower it when other work shares the machine, as oversubscribed "
+                                                             "OpenMP threads slow every process many times over")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: evaluate the finished models and write the report, listing the rest as not finished")
     p.set_defaults(func=cmd_sweep)

@@ -191,16 +191,19 @@ def test_students_start_before_regular_gans_and_joint_ones_as_soon_as_their_mse_
     spec = {**json.loads(json.dumps(TINY)), "teacher": {"checkpoint": str(mnist_teacher)}}
     plan = Plan(spec, tmp_path, "tiny")
     started: list[str] = []
+    threads_given: set[int] = set()
 
     def run_job(job, threads: int, children) -> None:  # trains nothing: records the order, marks the job done
         started.append(job.name)
+        threads_given.add(threads)
         job.status = "done"
         for model in job.models:
             model.status = "done"
 
     monkeypatch.setattr(sweep, "run_job", run_job)
     monkeypatch.setattr(sweep, "evaluate_model", lambda model, *a, **k: {"metrics": {"is": {"mean": float(model.depth)}}})
-    sweep.train_all(plan, sweep.evaluation_settings(spec), parallel=1)
+    sweep.train_all(plan, sweep.evaluation_settings(spec), parallel=1, threads=3)
+    assert threads_given == {3}  # --threads
     assert started[:6] == ["mse/s0", "mse/s1", "joint/s0", "joint/s1", "mse-continued/s0", "mse-continued/s1"]
     assert set(started[6:8]) == {"regular/dcgan-c8/s0", "regular/dcgan-c4/s0"} and len(started) == 9  # then seed 1 of the recipe chosen at both depths
 

@@ -175,7 +175,7 @@ class Plan:
         return [self.teacher, *self.students, *self.regular]
 
 
-def run_sweep(config_path: Path, out: Path, parallel: int = 1, train: bool = True) -> Plan:
+def run_sweep(config_path: Path, out: Path, parallel: int = 1, train: bool = True, threads: int | None = None) -> Plan:
     """Train what is not finished (unless ``train`` is false: then only the finished models are
     evaluated and reported, the rest listed as not finished), evaluate, write the report."""
     from gankd.experiments.report import write_report
@@ -186,7 +186,7 @@ def run_sweep(config_path: Path, out: Path, parallel: int = 1, train: bool = Tru
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "sweep.json", (json.dumps(spec, indent=2) + "\n").encode())
     if train:
-        train_all(plan, settings, parallel)
+        train_all(plan, settings, parallel, threads)
     else:
         for job in plan.jobs:
             refresh(job)
@@ -199,14 +199,14 @@ def run_sweep(config_path: Path, out: Path, parallel: int = 1, train: bool = Tru
     return plan
 
 
-def train_all(plan: Plan, settings: dict[str, Any], parallel: int) -> None:
+def train_all(plan: Plan, settings: dict[str, Any], parallel: int, threads: int | None = None) -> None:
     """Run every job, ``parallel`` at a time. Students come first (the heart of the result): the
     MSE ones when the teacher is done, each joint one as soon as the MSE job it starts from is
     done; regular GANs fill the free slots, their other seeds once the first seed has chosen
     their recipe."""
     for job in plan.jobs:
         refresh(job)
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+    threads = threads or max(1, (os.cpu_count() or 1) // parallel)
     bar = progress(sum(j.status != "done" for j in plan.jobs), "sweep jobs", "job")
     ready: list[Job] = [plan.teacher]  # jobs whose inputs exist; started in the order of plan.jobs
     children = Children()
