@@ -456,3 +456,20 @@ def test_evaluate_rejects_what_it_cannot_measure():
         evaluate(colour, meta, ["fidelity"], 20, "cpu")
     with pytest.raises(GankdError, match="names no dataset"):
         evaluate(generator(2), {"arch": generator(2).arch.to_dict()}, ["cfid"], 20, "cpu")
+
+
+def test_real_floor_puts_the_test_split_in_the_generators_place(mnist_teacher, tmp_path) -> None:
+    """Real MNIST test images against the training reference: IS near the real ceiling, a cFID far
+    below any generator's (the floor a sweep reports), and only the metrics real images can have."""
+    from gankd.checkpoint import load_generator
+    from gankd.metrics.evaluate import real_floor
+
+    generator, meta = load_generator(mnist_teacher, "cpu")
+    floor = real_floor(meta, ["is", "cfid", "fidelity", "cost"], 1000, "cpu", cache_dir=tmp_path)
+    assert set(floor["metrics"]) == {"is", "cfid"} and floor["generator"]["real"] == "mnist-test-32"
+    assert floor["metrics"]["is"]["mean"] > 9.3  # 9.835 on all 10,000 test images
+    model = evaluate(generator, meta, ["cfid"], 1000, "cpu", cache_dir=tmp_path)
+    assert floor["metrics"]["cfid"]["value"] < model["metrics"]["cfid"]["value"] / 10
+    assert floor["reference"] == model["reference"]  # the same real reference as every generator
+    with pytest.raises(GankdError, match="folder data has no test split"):
+        real_floor({**meta, "dataset": {"kind": "folder", "root": str(tmp_path)}}, ["is"], 100, "cpu")

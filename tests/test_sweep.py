@@ -89,9 +89,13 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     expected = estimate(mse_values)
     assert is_rows[("mse", 2)]["mean"] == pytest.approx(expected.mean) and is_rows[("mse", 2)]["ci95"] == pytest.approx(expected.ci95)
     assert is_rows[("mse", 2)]["seeds"] == 2 and is_rows[("mse", 2)]["ratio"] == pytest.approx(summary["teacher"]["params"] / 13_487)
+    floor = json.loads((out / "floor.json").read_text())  # real MNIST test images in a generator's place, same N
+    (entry,) = floor.values()
+    assert summary["real_test"] == {"is": entry["metrics"]["is"]["mean"], "cfid": entry["metrics"]["cfid"]["value"]}
+    assert summary["real_test"]["is"] > max(float(r["is"]) for r in rows) and entry["samples"] == 200
 
     table = (out / "table.md").read_text()
-    for label in ("| GAN size d | 2 | 4 |", "| Ratio |", "IS (Stu. (MSE))", "IS (Stu. (joint))", "IS (Reg.)", "regular recipe", " ± "):
+    for label in ("Real test images in a generator's place", "| GAN size d | 2 | 4 |", "| Ratio |", "IS (Stu. (MSE))", "IS (Stu. (joint))", "IS (Reg.)", "regular recipe", " ± "):
         assert label in table
     report = (out / "report.md").read_text()
     for picture in ("plot_is.png", "plot_cfid.png", "figure11.png", "curves.png"):

@@ -213,6 +213,28 @@ def evaluate_model(model: Model, metrics: list[str], samples: int, seed: int, de
     return results
 
 
+def evaluate_floor(teacher: Model, metrics: list[str], samples: int, seed: int, device: Any, out: Path,
+                   data_root: str | None = None) -> dict[str, float]:
+    """The scores of real test images in a generator's place (``real_floor``), as report columns;
+    cached in ``out/floor.json`` by evaluation key. Empty where the data has no test split."""
+    from gankd.metrics.evaluate import FLOOR_METRICS, json_ready, real_floor
+
+    metrics = [m for m in metrics if m in FLOOR_METRICS]
+    cache, key = out / "floor.json", evaluation_key(metrics, samples, seed)
+    cached = json.loads(cache.read_text()) if cache.exists() else {}
+    if key not in cached:
+        meta = load_generator(teacher.checkpoint, "cpu")[1]
+        try:
+            cached[key] = json_ready(real_floor(meta, metrics, samples, device, data_root=data_root, seed=seed))
+        except GankdError as exc:
+            if "no test split" not in str(exc):
+                raise
+            return {}
+        atomic_write_bytes(cache, (json.dumps(cached, indent=2) + "\n").encode())
+    values = {column: metric_value(cached[key], column) for column in columns_of(metrics)}
+    return {column: value for column, value in values.items() if value is not None}
+
+
 # Every number a report can compare, from the metric registry: column -> its Column (label,
 # direction, key in its metric's result), and column -> the metric that produces it.
 QUALITY = {column.name: column for metric in METRICS.values() for column in metric.columns}

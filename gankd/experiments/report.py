@@ -125,6 +125,10 @@ def paper_table(plan: "Plan", teacher: dict[str, Any], agg: dict, columns: list[
     header = (f"Teacher: d={teacher['depth']}, {_fmt(teacher.get('parameters'))} parameters"
               + "".join(f", {QUALITY[c].label} {_fmt(teacher.get(c))}" for c in columns if c != "fidelity_mse" and teacher.get(c) is not None)
               + f". Cells: mean ± 95% CI (Student t) over {'/'.join(map(str, seeds))} seeds.")
+    if plan.floor:
+        header += ("\n\nReal test images in a generator's place, against the same training reference at the same count (the "
+                   "best a generator can score here: FID's bias keeps it above 0): "
+                   + ", ".join(f"{QUALITY[c].label} {_fmt(v)}" for c, v in plan.floor.items()) + ".")
     return header + "\n\n" + "\n".join(lines) + "\n"
 
 
@@ -270,8 +274,10 @@ def figure11(plan: "Plan", models: list[Model], path: Path) -> bool:
 # --------------------------------------------------------------------------- the report
 
 
-def summary(dataset: str, teacher: dict[str, Any], agg: dict, columns: list[str], primary: str) -> dict[str, Any]:
-    """The machine-readable result: one row per method x depth x metric."""
+def summary(dataset: str, teacher: dict[str, Any], agg: dict, columns: list[str], primary: str,
+            floor: dict[str, float] | None = None) -> dict[str, Any]:
+    """The machine-readable result: one row per method x depth x metric, and (``real_test``) what
+    real test images score in a generator's place."""
     rows = []
     for (method, depth), cell in sorted(agg.items()):
         for column in columns:
@@ -284,6 +290,7 @@ def summary(dataset: str, teacher: dict[str, Any], agg: dict, columns: list[str]
     return {"dataset": dataset,
             "teacher": {"params": teacher["parameters"], "metric": primary, "value": teacher.get(primary),
                         "metrics": {c: teacher[c] for c in columns if teacher.get(c) is not None}},
+            **({"real_test": floor} if floor else {}),
             "rows": rows}
 
 
@@ -323,7 +330,7 @@ def write_report(plan: "Plan", settings: dict[str, Any]) -> None:
     table = paper_table(plan, teacher, agg, columns)
     (out / "table.md").write_text(table)
     dataset = plan.spec["data"].get("dataset", "mnist")
-    atomic_write_bytes(out / "summary.json", (json.dumps(summary(dataset, teacher, agg, columns, settings["primary"]), indent=2) + "\n").encode())
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary(dataset, teacher, agg, columns, settings["primary"], plan.floor), indent=2) + "\n").encode())
     plots = []
     for column in columns:
         if any(column in cell for cell in agg.values()):

@@ -31,8 +31,8 @@ from typing import Any
 
 from gankd.checkpoint import load_generator
 from gankd.errors import GankdError
-from gankd.experiments.jobs import (EVALUATION_DEFAULTS, QUALITY, STUDENT_METHODS, Children, Job, Model, columns_of, evaluate_model,
-                                    make_job, metric_value, refresh, run_job)
+from gankd.experiments.jobs import (EVALUATION_DEFAULTS, QUALITY, STUDENT_METHODS, Children, Job, Model, columns_of, evaluate_floor,
+                                    evaluate_model, make_job, metric_value, refresh, run_job)
 from gankd.files import atomic_write_bytes
 from gankd.progress import progress, track
 from gankd.runtime import resolve_device, stop_requests
@@ -113,6 +113,7 @@ class Plan:
         # the first seed of every recipe; the other seeds follow the choice (choose_recipes)
         self.regular = [self._job("regular", self.seeds[0], self.depths, name) for name in self.recipes]
         self.first_seed_regular = list(self.regular) if len(self.recipes) > 1 else []  # the jobs a recipe is chosen from
+        self.floor: dict[str, float] = {}  # report column -> real test images' score (evaluate_all)
         self.choice: dict[int, str] = {d: next(iter(self.recipes)) for d in self.depths} if len(self.recipes) == 1 else {}
         if len(self.recipes) == 1:
             self.regular += [self._job("regular", seed, self.depths, next(iter(self.recipes))) for seed in self.seeds[1:]]
@@ -279,3 +280,5 @@ def evaluate_all(plan: Plan, settings: dict[str, Any]) -> None:
     for model in track(models, "evaluating", "model"):
         model.evaluation = evaluate_model(model, settings["metrics"], settings["samples"], settings["seed"], device,
                                           teacher if model.method in STUDENT_METHODS else None, data_root)
+    if teacher is not None:
+        plan.floor = evaluate_floor(teacher, settings["metrics"], settings["samples"], settings["seed"], device, plan.out, data_root)

@@ -28,7 +28,7 @@ from torch import nn
 
 from gankd.checkpoint import load_generator
 from gankd.config import MAX_SEED
-from gankd.data import ImageData, load_dataset
+from gankd.data import SPLITS, ImageData, load_dataset
 from gankd.errors import GankdError
 from gankd.files import atomic_write_bytes
 from gankd.metrics.features import FeatureNetwork, extract
@@ -97,17 +97,19 @@ def _write_stats(path: Path, stats: dict[str, np.ndarray]) -> None:
         warnings.warn(f"could not cache reference statistics in {path}: {exc}", stacklevel=2)
 
 
-def _reference_data(meta: dict[str, Any], data_root: str | Path | None) -> ImageData:
+def _reference_data(meta: dict[str, Any], data_root: str | Path | None, split: str = REFERENCE_SPLIT) -> ImageData:
     dataset = meta.get("dataset")
     if not dataset or not dataset.get("kind"):
         raise GankdError("FID, KID, precision/recall and cFID compare with the training data, but this generator's metadata names no dataset")
     arch = meta["arch"]
     root = data_root if data_root is not None else dataset.get("root")
-    return load_dataset(dataset["kind"], root, arch["image_size"], split=REFERENCE_SPLIT, channels=arch["channels"])
+    if split not in SPLITS[dataset["kind"]]:
+        raise GankdError(f"{dataset['kind']} data has no {split} split")
+    return load_dataset(dataset["kind"], root, arch["image_size"], split=split, channels=arch["channels"])
 
 
 def evaluate(
-    generator: nn.Module,
+    generator: nn.Module | ImageData,
     meta: dict[str, Any],
     metrics: list[str] | tuple[str, ...],
     samples: int,
@@ -120,7 +122,8 @@ def evaluate(
     seed: int = 0,
     inception_backend: str | None = None,
 ) -> dict[str, Any]:
-    """Compute ``metrics`` (names from the registry's METRICS) of an eval-mode generator; a JSON-ready dict."""
+    """Compute ``metrics`` (names from the registry's METRICS) of an eval-mode generator (or of
+    real images in its place, :func:`real_floor`); a JSON-ready dict."""
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise GankdError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
@@ -159,6 +162,24 @@ def evaluate(
     for name, metric in METRICS.items():  # the registry's order, whatever order they were asked in
         if name in metrics:
             results["metrics"][name] = metric.compute(inputs)
+    return results
+
+
+FLOOR_METRICS = ("is", "fid", "kid", "pr", "cfid")  # the metrics real images can be given
+
+
+def real_floor(meta: dict[str, Any], metrics: list[str] | tuple[str, ...], samples: int, device: str | torch.device,
+               data_root: str | Path | None = None, cache_dir: str | Path | None = None, inception_path: str | Path | None = None,
+               seed: int = 0, inception_backend: str | None = None) -> dict[str, Any]:
+    """``metrics`` (those of FLOOR_METRICS) of real images in a generator's place: ``samples``
+    images of the test split of ``meta``'s dataset, against the training-split reference every
+    generator meets, at the same count. What a perfect generator would score: FID and KID are
+    biased at finite N, so their floor is above 0, and the real data's IS is the ceiling."""
+    test = _reference_data(meta, data_root, split="test")
+    wanted = [name for name in metrics if name in FLOOR_METRICS]
+    results = evaluate(test, meta, wanted, min(samples, len(test)), device, data_root=data_root, cache_dir=cache_dir,
+                       inception_path=inception_path, seed=seed, inception_backend=inception_backend)
+    results["generator"] = {"real": test.name}
     return results
 
 
