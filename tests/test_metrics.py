@@ -389,9 +389,12 @@ def test_evaluate_all_metrics_through_the_cli_and_reuses_cached_reference(tmp_pa
     add_arguments(parser)
     argv = [str(tmp_path / "student.safetensors"), "--teacher", str(tmp_path / "teacher.safetensors"), "--samples", "20",
             "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "out.json"),
-            "--metrics", "cost,is,fid,kid,pr,cfid,fidelity"]  # fmt: skip
+            "--metrics", "cost,is,fid,kid,pr,cfid,fidelity", "--floor"]  # fmt: skip
     assert run(parser.parse_args(argv)) == 0
     results = json.loads((tmp_path / "out.json").read_text())
+    floor = results["real_test"]  # --floor: real test images in the generator's place, same count and reference
+    assert list(floor["metrics"]) == ["is", "fid", "kid", "pr", "cfid"] and floor["reference"] == results["reference"]
+    assert floor["metrics"]["fid"]["value"] < results["metrics"]["fid"]["value"] / 2
     m = results["metrics"]
     assert list(m) == list(METRICS)  # every metric, in the registry's order
     assert 1 <= m["is"]["mean"] <= 10 and m["fid"]["value"] > 0 and m["cfid"]["value"] > 0

@@ -208,13 +208,14 @@ def is_digit_generator(meta: dict[str, Any]) -> bool:
 def format_table(results: dict[str, Any]) -> str:
     """A plain-text report: what was evaluated, then one metric per line."""
     gen, m = results["generator"], results["metrics"]
-    arch = gen["arch"]
-    depth = f"d={arch['depth']}, " if arch.get("depth") else ""
-    shape = f"{arch['image_size']}x{arch['image_size']}x{arch['channels']}"
-    lines = [
-        f"generator   {gen['path'] or '(in memory)'} ({depth}{shape}, {number(gen['parameters'])} parameters)",
-        f"samples     {number(results['samples'])} (seed {results['seed']}, {results['device']})",
-    ]
+    if "real" in gen:
+        lines = [f"real images {gen['real']}, in a generator's place (the floor: what a perfect generator would score)"]
+    else:
+        arch = gen["arch"]
+        depth = f"d={arch['depth']}, " if arch.get("depth") else ""
+        shape = f"{arch['image_size']}x{arch['image_size']}x{arch['channels']}"
+        lines = [f"generator   {gen['path'] or '(in memory)'} ({depth}{shape}, {number(gen['parameters'])} parameters)"]
+    lines.append(f"samples     {number(results['samples'])} (seed {results['seed']}, {results['device']})")
     if "reference" in results:
         ref = results["reference"]
         lines.append(f"reference   {ref['dataset']}, {number(ref['images'])} real images")
@@ -281,6 +282,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "measured in docs/metrics.md)",
     )
     parser.add_argument("--cache-dir", metavar="DIR", help="reference statistics cache (default: $GANKD_CACHE/stats or ~/.cache/gankd/stats)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also score real test-split images in the generator's place, at the same count: the floor of "
+                             "FID/KID/cFID (biased above 0 at finite N) and the ceiling of IS and precision/recall")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -307,6 +311,10 @@ def run(args: argparse.Namespace) -> int:
     if teacher_meta is not None:
         results["teacher"] = {"path": teacher_meta.get("path"), "parameters": teacher_meta.get("parameters")}
     print(format_table(results))
+    if args.floor:
+        results["real_test"] = real_floor(meta, metrics, args.samples, device, data_root=args.data, cache_dir=args.cache_dir,
+                                          inception_path=args.inception, seed=args.seed, inception_backend=args.inception_backend)
+        print("\n" + format_table(results["real_test"]))
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(json_ready(results), indent=2) + "\n").encode())
     return 0
