@@ -275,3 +275,37 @@ def test_a_stopped_sweep_stops_its_runs_and_leaves_no_orphan(mnist_teacher: Path
     with owned_folder(metrics.parent):  # no orphaned run still holds it
         pass
     assert not (out / "runs" / "regular").exists()  # nothing started after the stop
+
+
+def test_a_stopped_first_seed_recipe_holds_back_the_recipe_choice(mnist_teacher: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A first-seed regular job stopped by a signal (exit 130) is not a failed recipe: the other
+    seeds wait for it instead of being trained with the recipe chosen without it."""
+    import gankd.experiments.sweep as sweep
+
+    spec = {**json.loads(json.dumps(TINY)), "teacher": {"checkpoint": str(mnist_teacher)}}
+    plan = Plan(spec, tmp_path, "tiny")
+    started: list[str] = []
+
+    def run_job(job, threads: int, children) -> None:
+        started.append(job.name)
+        job.status = "stopped" if job.name == "regular/dcgan-c4/s0" else "done"
+        for model in job.models:
+            model.status = job.status
+
+    monkeypatch.setattr(sweep, "run_job", run_job)
+    monkeypatch.setattr(sweep, "evaluate_model", lambda model, *a, **k: {"metrics": {"is": {"mean": float(model.depth)}}})
+    sweep.train_all(plan, sweep.evaluation_settings(spec), parallel=1)
+    assert "regular/dcgan-c4/s0" in started and not any(name.endswith("/s1") and name.startswith("regular") for name in started)
+
+
+@pytest.mark.parametrize("exit_code, status", [(130, "stopped"), (-9, "stopped"), (1, "failed")])
+def test_a_run_stopped_by_a_signal_is_stopped_not_failed(mnist_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         exit_code: int, status: str) -> None:  # fmt: skip
+    import gankd.experiments.jobs as jobs
+
+    spec = {**json.loads(json.dumps(TINY)), "teacher": {"checkpoint": str(mnist_teacher)}}
+    job = next(j for j in Plan(spec, tmp_path, "tiny").regular if j.name == "regular/dcgan-c4/s0")
+    monkeypatch.setattr(jobs.Children, "run", lambda self, args, **options: exit_code)
+    jobs.run_job(job, threads=1)
+    assert job.status == status and all(m.status == status for m in job.models)

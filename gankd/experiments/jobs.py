@@ -167,10 +167,12 @@ def run_job(job: Job, threads: int, children: Children | None = None) -> None:
     if job.status != "done":
         lines = (folder / "train.log").read_text(errors="replace").strip().splitlines()
         job.error = lines[-1] if lines else f"exit code {returncode}"
-        job.status = "failed"
+        # Stopped by a signal (exit 130 after its checkpoint, or killed): not a failure of its recipe
+        # or data, so nothing that waits for it (a recipe choice, a warm start) goes on without it.
+        job.status = "stopped" if returncode == 130 or returncode < 0 else "failed"
         for model in job.models:
             if model.status != "done":
-                model.status, model.error = "failed", job.error
+                model.status, model.error = job.status, job.error
 
 
 def evaluation_key(metrics: list[str], samples: int, seed: int) -> str:
