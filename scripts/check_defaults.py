@@ -50,7 +50,7 @@ def run_case(out: Path, size: int, depth: int, loss: str, steps: int, eval_every
     critic = float(last["d_loss"]) if loss == "dcgan" else float(last["wasserstein"])
     rises = curve[-1][1] >= curve[0][1] + 1.5 and curve[-1][1] > 2.5
     balanced = critic > 1e-3 if loss == "dcgan" else abs(critic) < 1e3
-    return {"image_size": size, "depth": depth, "loss": loss, "critic_depth": cfg.resolved_critic_depth, "is_curve": curve,
+    return {"image_size": size, "depth": depth, "loss": loss, "critic_depth": cfg.resolved_critic_depth, "r1_gamma": cfg.resolved_r1_gamma, "is_curve": curve,
             "critic_final": critic, "critic_measure": "d_loss" if loss == "dcgan" else "wasserstein", "quality_rises": rises,
             "critic_balanced": balanced, "passed": rises and balanced}
 
@@ -62,15 +62,16 @@ def main() -> int:
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     args = parser.parse_args()
-    check_file = args.out / "check.json"  # cases run earlier stay in it; the ones run now replace theirs
-    results = json.loads(check_file.read_text()) if check_file.exists() else {}
+    check_file = args.out / "check.json"  # cases run earlier (or by another process) stay in it; the ones run now replace theirs
+    results = {}
     for name in args.cases.split(","):
         size, depth, loss = CASES[name]
         results[name] = run_case(args.out / name, size, depth, loss, args.steps, args.eval_every)
         r = results[name]
         print(f"{name}: critic d={r['critic_depth']}, IS {r['is_curve'][0][1]:.2f} -> {r['is_curve'][-1][1]:.2f}, "
               f"{r['critic_measure']} {r['critic_final']:.3g}: {'pass' if r['passed'] else 'FAIL'}", flush=True)
-        check_file.write_text(json.dumps(results, indent=2) + "\n")
+        merged = {**(json.loads(check_file.read_text()) if check_file.exists() else {}), name: r}
+        check_file.write_text(json.dumps(merged, indent=2) + "\n")
     return 0 if all(results[name]["passed"] for name in args.cases.split(",")) else 1
 
 
