@@ -30,7 +30,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from benchmarks.run import machine_description, metrics_rates, write_teacher  # noqa: E402
+from benchmarks.run import machine_description, metrics_rates, seconds_per_call, write_teacher  # noqa: E402
 from gankd.checkpoint import load_generator  # noqa: E402
 from gankd.config import OPTIMIZER_DEFAULTS, RunConfig  # noqa: E402
 from gankd.losses import GeneratorObjective  # noqa: E402
@@ -39,25 +39,7 @@ from gankd.training import train, train_many  # noqa: E402
 
 STUDENTS = (2, 4, 8, 16)
 TARGETS = {"together": 0.45, "bf16": 1.8}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def seconds_per_call(fn: Callable[[], Any], device: torch.device, min_seconds: float, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        _sync(device)
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds and calls >= 5:
-            return elapsed / calls
+TIMING = {"warmup": 3, "min_calls": 5}  # per seconds_per_call measurement
 
 
 def alternate(sides: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
@@ -133,8 +115,8 @@ def bench_together(device: torch.device, steps: int, repeats: int, seconds: floa
 
         walls = alternate({"separate": separate, "together": together}, repeats)
         teacher, _ = load_generator(teacher_path, device)
-        t_teacher = seconds_per_call(teacher_forward(teacher, batch, device, "fp32"), device, seconds)
-        t_students = {d: seconds_per_call(student_step(teacher, d, batch, device, "fp32", False), device, seconds) for d in STUDENTS}
+        t_teacher = seconds_per_call(teacher_forward(teacher, batch, device, "fp32"), device, seconds, **TIMING)
+        t_students = {d: seconds_per_call(student_step(teacher, d, batch, device, "fp32", False), device, seconds, **TIMING) for d in STUDENTS}
     floor_together = t_teacher + sum(t_students.values())
     floor_separate = len(STUDENTS) * t_teacher + sum(t_students.values())
     return {
@@ -167,8 +149,8 @@ def bench_bf16(device: torch.device, steps: int, repeats: int, seconds: float) -
         for precision in ("fp32", "bf16"):
             rows[precision] = {
                 "train_images_per_s": rates[precision],
-                "teacher_forward_ms": 1000 * seconds_per_call(teacher_forward(teacher, batch, device, precision), device, seconds),
-                "student_step_ms": 1000 * seconds_per_call(student_step(teacher, student_depth, batch, device, precision, False), device, seconds),
+                "teacher_forward_ms": 1000 * seconds_per_call(teacher_forward(teacher, batch, device, precision), device, seconds, **TIMING),
+                "student_step_ms": 1000 * seconds_per_call(student_step(teacher, student_depth, batch, device, precision, False), device, seconds, **TIMING),
             }
     speedup = rows["bf16"]["train_images_per_s"] / rows["fp32"]["train_images_per_s"]
     best_parts = sum(min(rows[p][part] for p in rows) for part in ("teacher_forward_ms", "student_step_ms"))

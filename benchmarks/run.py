@@ -125,16 +125,25 @@ def alternate(runs: dict[str, Callable[[], list[float]]], repeats: int, device: 
     }
 
 
-def timed_rate(fn: Callable[[], Any], images: int, device: torch.device, min_seconds: float) -> list[float]:
-    """images/s of ``fn`` (which makes ``images`` images), called until ``min_seconds`` have passed."""
+def seconds_per_call(fn: Callable[[], Any], device: torch.device, min_seconds: float, warmup: int = 0, min_calls: int = 1) -> float:
+    """Mean wall time of ``fn`` (device work included), after ``warmup`` untimed calls, over at
+    least ``min_calls`` calls and ``min_seconds``."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
     calls, start = 0, time.perf_counter()
     while True:
         fn()
         calls += 1
         _sync(device)
         elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            return [calls * images / elapsed]
+        if elapsed >= min_seconds and calls >= min_calls:
+            return elapsed / calls
+
+
+def timed_rate(fn: Callable[[], Any], images: int, device: torch.device, min_seconds: float) -> list[float]:
+    """images/s of ``fn`` (which makes ``images`` images), called until ``min_seconds`` have passed."""
+    return [images / seconds_per_call(fn, device, min_seconds)]
 
 
 # --------------------------------------------------------------------------- set-up helpers
