@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from gankd.config import RunConfig
+from gankd.errors import GankdError, RunInterrupted
 from gankd.training import train
 
 CASES = {  # name -> (image size, depth, loss)
@@ -76,4 +77,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except GankdError as exc:  # e.g. stopped by Ctrl-C after a checkpoint: rerun to resume
+        print(f"check_defaults: {exc}", file=sys.stderr)
+        sys.exit(130 if isinstance(exc, RunInterrupted) else 1)
