@@ -149,15 +149,11 @@ CRAFTED = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CRAFTED))
-def test_crafted_checkpoints_end_with_one_line_and_build_nothing(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every crafted file gives a GankdError naming it, before any network is built for real: the
-    only Generator ever constructed lives on the meta device (no memory)."""
+def spy_on_generators(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The device type every Generator that gankd.checkpoint builds is created on, in order."""
     import gankd.checkpoint as ckpt
 
-    meta_text, tensors, message = CRAFTED[name]
-    path = write_raw(tmp_path / f"{name}.safetensors", meta_text, tensors)
-    built_on = []
+    built_on: list[str] = []
 
     class Spy(Generator):
         def __init__(self, arch):
@@ -165,6 +161,16 @@ def test_crafted_checkpoints_end_with_one_line_and_build_nothing(tmp_path: Path,
             super().__init__(arch)
 
     monkeypatch.setattr(ckpt, "Generator", Spy)
+    return built_on
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED))
+def test_crafted_checkpoints_end_with_one_line_and_build_nothing(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every crafted file gives a GankdError naming it, before any network is built for real: the
+    only Generator ever constructed lives on the meta device (no memory)."""
+    meta_text, tensors, message = CRAFTED[name]
+    path = write_raw(tmp_path / f"{name}.safetensors", meta_text, tensors)
+    built_on = spy_on_generators(monkeypatch)
     with pytest.raises(GankdError, match=message) as err:
         load_generator(path)
     assert str(path) in str(err.value)
@@ -174,17 +180,8 @@ def test_crafted_checkpoints_end_with_one_line_and_build_nothing(tmp_path: Path,
 def test_a_huge_architecture_with_small_tensors_is_refused_before_it_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Within the limits (d=512, 128x128, latent 1024: 0.85 G parameters) but not matching the
     file's tensors: refused from the meta-device check, never allocated."""
-    import gankd.checkpoint as ckpt
-
     path = write_raw(tmp_path / "big.safetensors", meta_json(arch={"depth": 512, "image_size": 128, "channels": 1, "latent_dim": 1024}))
-    built_on = []
-
-    class Spy(Generator):
-        def __init__(self, arch):
-            built_on.append(torch.get_default_device().type)
-            super().__init__(arch)
-
-    monkeypatch.setattr(ckpt, "Generator", Spy)
+    built_on = spy_on_generators(monkeypatch)
     with pytest.raises(GankdError, match="do not match the architecture"):
         load_generator(path)
     assert built_on == ["meta"]
