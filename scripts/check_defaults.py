@@ -25,9 +25,16 @@ import json
 import sys
 from pathlib import Path
 
+import torch.nn.functional as F
+
+from gankd.checkpoint import load_generator
 from gankd.config import RunConfig
 from gankd.errors import GankdError, RunInterrupted
+from gankd.imaging import save_comparison
+from gankd.sampling import images_from
 from gankd.training import train
+
+SHEET_SEED = 0
 
 CASES = {  # name -> (image size, depth, loss)
     "32-d16-dcgan": (32, 16, "dcgan"),
@@ -56,6 +63,17 @@ def run_case(out: Path, size: int, depth: int, loss: str, steps: int, eval_every
             "critic_balanced": balanced, "passed": rises and balanced}
 
 
+def sample_sheet(out: Path, names: list[str]) -> Path:
+    """One panel per case: 8 samples of its final generator on the same latents, shown at 64x64."""
+    panels = []
+    for name in names:
+        generator, meta = load_generator(out / name / "generator.safetensors")
+        images = images_from(generator, 8, meta["arch"]["latent_dim"], SHEET_SEED, "cpu")
+        panels.append((name, F.interpolate(images, size=64, mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)))
+    save_comparison(panels, out / "samples.png", nrow=2)
+    return out / "samples.png"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/check-defaults"))
@@ -73,6 +91,8 @@ def main() -> int:
               f"{r['critic_measure']} {r['critic_final']:.3g}: {'pass' if r['passed'] else 'FAIL'}", flush=True)
         merged = {**(json.loads(check_file.read_text()) if check_file.exists() else {}), name: r}
         check_file.write_text(json.dumps(merged, indent=2) + "\n")
+    finished = [name for name in CASES if (args.out / name / "generator.safetensors").exists()]
+    print(f"samples of every finished case: {sample_sheet(args.out, finished)}")
     return 0 if all(results[name]["passed"] for name in args.cases.split(",")) else 1
 
 
