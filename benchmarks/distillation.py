@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from benchmarks.run import machine_description, metrics_rates, seconds_per_call, write_teacher  # noqa: E402
 from gankd.checkpoint import load_generator  # noqa: E402
-from gankd.config import OPTIMIZER_DEFAULTS, RunConfig  # noqa: E402
+from gankd.config import RunConfig  # noqa: E402
 from gankd.losses import GeneratorObjective  # noqa: E402
 from gankd.models import Architecture, Generator  # noqa: E402
 from gankd.training import train, train_many  # noqa: E402

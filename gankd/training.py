@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gankd import checkpoint as ckpt
 from gankd.config import RunConfig
-from gankd.convergence import Monitor, Plateau, build_monitor, resolve_monitor
+from gankd.convergence import Plateau, build_monitor, resolve_monitor
 from gankd.data import ImageData, load_dataset, to_unit_range
 from gankd.errors import GankdError, RunDiverged, RunInterrupted
 from gankd.imaging import save_comparison, save_grid
