@@ -83,9 +83,22 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) 
     return ((gradients.view(gradients.size(0), -1).norm(2, dim=1) - 1) ** 2).mean()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class Throughput:
+    """Images per second over each ``every`` steps (the device synchronised before each reading)."""
+
+    def __init__(self, device: torch.device, every: int, batch_size: int):
+        self.device, self.every, self.batch_size = device, every, batch_size
+        self.rates: list[float] = []
+        self.start = time.perf_counter()
+
+    def step(self, step: int) -> None:
+        if step % self.every:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.rates.append(self.every * self.batch_size / (now - self.start))
+        self.start = now
 
 
 def train_gan(images: np.ndarray, *, depth: int, loss: str, batch_size: int, critic_steps: int, lr: float,
@@ -103,8 +116,8 @@ def train_gan(images: np.ndarray, *, depth: int, loss: str, batch_size: int, cri
     criterion = nn.BCEWithLogitsLoss()
     dataloader = DataLoader(ImageDataset(images), batch_size=batch_size, shuffle=True, drop_last=True, num_workers=0)
     data_iter = iter(dataloader)
-    d_losses, g_losses, rates = [], [], []
-    start = time.perf_counter()
+    d_losses, g_losses = [], []
+    meter = Throughput(device, log_every, batch_size)
     for step in range(1, steps + 1):
         # (1) update D
         for _ in range(critic_steps):
@@ -135,12 +148,8 @@ def train_gan(images: np.ndarray, *, depth: int, loss: str, batch_size: int, cri
         errG.backward()
         optimizerG.step()
         g_losses.append(errG.item())
-        if step % log_every == 0:
-            _sync(device)
-            now = time.perf_counter()
-            rates.append(log_every * batch_size / (now - start))
-            start = now
-    return rates
+        meter.step(step)
+    return meter.rates
 
 
 def distill_mse(teacher_state: dict[str, torch.Tensor], *, teacher_depth: int, depth: int, image_size: int, channels: int,
@@ -155,8 +164,8 @@ def distill_mse(teacher_state: dict[str, torch.Tensor], *, teacher_depth: int, d
     teacher.eval()
     student = DCGANGenerator(depth, image_size, channels, latent_dim).to(device)
     optimizer = torch.optim.Adam(student.parameters(), lr=lr, betas=betas)
-    losses, rates = [], []
-    start = time.perf_counter()
+    losses = []
+    meter = Throughput(device, log_every, batch_size)
     for step in range(1, steps + 1):
         z = torch.randn(batch_size, latent_dim, device=device)
         target = teacher(z)
@@ -166,12 +175,8 @@ def distill_mse(teacher_state: dict[str, torch.Tensor], *, teacher_depth: int, d
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-        if step % log_every == 0:
-            _sync(device)
-            now = time.perf_counter()
-            rates.append(log_every * batch_size / (now - start))
-            start = now
-    return rates
+        meter.step(step)
+    return meter.rates
 
 
 def generate(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
