@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks.run import machine_description  # noqa: E402  (sets TQDM_DISABLE before torch's import)
+from benchmarks.measure import machine_description  # noqa: E402  (sets TQDM_DISABLE before torch's import)
 
 import torch  # noqa: E402
 

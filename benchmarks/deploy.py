@@ -31,7 +31,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 from safetensors.torch import save as st_save  # noqa: E402
 
-from benchmarks.run import machine_description, settled_generator  # noqa: E402
+from benchmarks.measure import machine_description, settled_generator  # noqa: E402
 from gankd.export import (FLOAT_TOLERANCE, INT8_TOLERANCE, ROUND_SECONDS, ROUNDS, deployment_paths, onnx_bytes,  # noqa: E402
                           onnx_runner, parity, quantize_int8, time_paths)
 from gankd.models import Architecture  # noqa: E402

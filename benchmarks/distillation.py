@@ -30,7 +30,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from benchmarks.run import machine_description, metrics_rates, seconds_per_call, write_teacher  # noqa: E402
+from benchmarks.measure import abba, machine_description, metrics_rates, seconds_per_call, write_teacher  # noqa: E402
 from gankd.checkpoint import load_generator  # noqa: E402
 from gankd.config import RunConfig  # noqa: E402
 from gankd.losses import GeneratorObjective  # noqa: E402
@@ -45,10 +45,8 @@ TIMING = {"warmup": 3, "min_calls": 5}  # per seconds_per_call measurement
 def alternate(sides: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
     """Median of each side's figure over ``repeats`` ABBA-ordered calls."""
     figures: dict[str, list[float]] = {name: [] for name in sides}
-    names = list(sides)
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            figures[name].append(sides[name]())
+    for name in abba(list(sides), repeats):
+        figures[name].append(sides[name]())
     return {name: statistics.median(values) for name, values in figures.items()}
 
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.run import machine_description  # noqa: E402  (sets TQDM_DISABLE before torch's import)
+from benchmarks.measure import machine_description  # noqa: E402  (sets TQDM_DISABLE before torch's import)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
