@@ -2,8 +2,8 @@
 
 Errors a user can fix (:class:`~gankd.errors.GankdError`, and an ``OSError`` from the system:
 disk full, read-only, no permission) print one line and exit 1; usage errors (argparse, and
-config values of the wrong type or out of range) exit 2; an interrupted run exits 130 after
-saving its checkpoint.
+config values of the wrong type or out of range) exit 2; a run folder another gankd process holds
+exits 75 (EX_TEMPFAIL); an interrupted run exits 130 after saving its checkpoint.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from gankd.config import (BALANCES, LOSSES, MAX_BATCH_SIZE, MAX_DEPTH, MAX_LATENT_DIM, MAX_SEED, MONITORS, MSE_REDUCTIONS,
                           PRECISIONS, RunConfig, read_options)
-from gankd.errors import GankdError, RunInterrupted, UsageError
+from gankd.errors import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_USAGE, FolderBusy, GankdError, RunInterrupted, UsageError
 from gankd.progress import set_quiet
 from gankd.data import DATASETS
 
@@ -426,13 +426,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except GankdError as exc:
         print(f"gankd: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else 130 if isinstance(exc, RunInterrupted) else 1
+        codes = {UsageError: EXIT_USAGE, FolderBusy: EXIT_BUSY, RunInterrupted: EXIT_INTERRUPTED}
+        return next((code for kind, code in codes.items() if isinstance(exc, kind)), 1)
     except OSError as exc:  # the system refused (disk full, read-only, no permission): the file and why
         print(f"gankd: error: {exc.filename or 'I/O'}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("gankd: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from gankd.errors import GankdError
+from gankd.errors import FolderBusy, GankdError
 
 LOCK_NAME = ".gankd.lock"  # in every run folder; holds the owner's pid
 
@@ -96,7 +96,7 @@ def owned_folder(folder: str | Path) -> Iterator[Path]:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise GankdError(f"{folder}: cannot lock the run folder ({exc.strerror or exc})") from None
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise GankdError(f"{folder}: in use by another gankd run (pid {holder}); wait for it to end, or choose another --out") from None
+            raise FolderBusy(f"{folder}: in use by another gankd run (pid {holder}); wait for it to end, or choose another --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield folder

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -277,10 +278,12 @@ def test_a_stopped_sweep_stops_its_runs_and_leaves_no_orphan(mnist_teacher: Path
     assert not (out / "runs" / "regular").exists()  # nothing started after the stop
 
 
+@pytest.mark.parametrize("held", ["stopped", "busy"])
 def test_a_stopped_first_seed_recipe_holds_back_the_recipe_choice(mnist_teacher: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    """A first-seed regular job stopped by a signal (exit 130) is not a failed recipe: the other
-    seeds wait for it instead of being trained with the recipe chosen without it."""
+                                                                  monkeypatch: pytest.MonkeyPatch, held: str) -> None:  # fmt: skip
+    """A first-seed regular job stopped by a signal (exit 130), or whose folder another gankd
+    process holds (exit 75), is not a failed recipe: the other seeds wait for it instead of being
+    trained with the recipe chosen without it."""
     import gankd.experiments.sweep as sweep
 
     spec = {**json.loads(json.dumps(TINY)), "teacher": {"checkpoint": str(mnist_teacher)}}
@@ -289,7 +292,7 @@ def test_a_stopped_first_seed_recipe_holds_back_the_recipe_choice(mnist_teacher:
 
     def run_job(job, threads: int, children) -> None:
         started.append(job.name)
-        job.status = "stopped" if job.name == "regular/dcgan-c4/s0" else "done"
+        job.status = held if job.name == "regular/dcgan-c4/s0" else "done"
         for model in job.models:
             model.status = job.status
 
@@ -299,7 +302,27 @@ def test_a_stopped_first_seed_recipe_holds_back_the_recipe_choice(mnist_teacher:
     assert "regular/dcgan-c4/s0" in started and not any(name.endswith("/s1") and name.startswith("regular") for name in started)
 
 
-@pytest.mark.parametrize("exit_code, status", [(130, "stopped"), (-9, "stopped"), (1, "failed")])
+def test_a_folder_held_by_another_run_is_busy_and_waited_for(mnist_teacher: Path, tmp_path: Path) -> None:
+    """A run started by hand in a sweep's folder (the lock held): the sweep's own job for it ends
+    "busy" with the holder's message, the jobs that start from it wait, and the same command after
+    the holder has gone trains it."""
+    from gankd.experiments.sweep import run_sweep
+    from gankd.files import owned_folder
+
+    spec = {**json.loads(json.dumps(TINY)), "teacher": {"checkpoint": str(mnist_teacher)}, "seeds": [0], "depths": [2],
+            "methods": {"mse": {"steps": 4}, "joint": {"alpha": 0.3, "loss": "dcgan", "steps": 2, "init": "mse"}},
+            "evaluation": {"metrics": ["fidelity", "is"], "samples": 100}}
+    config, out = write(tmp_path / "busy.json", spec), tmp_path / "out"
+    with owned_folder(out / "runs" / "mse" / "s0" / "d2"):
+        jobs = {job.name: job for job in run_sweep(config, out).jobs}
+    assert jobs["mse/s0"].status == "busy" and f"in use by another gankd run (pid {os.getpid()})" in jobs["mse/s0"].error
+    assert jobs["joint/s0"].status == "pending" and not (out / "runs" / "joint").exists()
+    assert json.loads((out / "status.json").read_text())["mse/s0"]["status"] == "busy"
+    jobs = {job.name: job for job in run_sweep(config, out).jobs}
+    assert jobs["mse/s0"].status == jobs["joint/s0"].status == "done"
+
+
+@pytest.mark.parametrize("exit_code, status", [(130, "stopped"), (-9, "stopped"), (75, "busy"), (1, "failed")])
 def test_a_run_stopped_by_a_signal_is_stopped_not_failed(mnist_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          exit_code: int, status: str) -> None:  # fmt: skip
     import gankd.experiments.jobs as jobs

@@ -25,7 +25,7 @@ from typing import Any
 from gankd.checkpoint import load_generator
 from gankd.config import RunConfig
 from gankd.data import SPLITS
-from gankd.errors import GankdError
+from gankd.errors import EXIT_BUSY, EXIT_INTERRUPTED, GankdError
 from gankd.files import atomic_write_bytes
 from gankd.metrics.registry import METRICS
 from gankd.training import finished
@@ -168,9 +168,10 @@ def run_job(job: Job, threads: int, children: Children | None = None) -> None:
     if job.status != "done":
         lines = (folder / "train.log").read_text(errors="replace").strip().splitlines()
         job.error = lines[-1] if lines else f"exit code {returncode}"
-        # Stopped by a signal (exit 130 after its checkpoint, or killed): not a failure of its recipe
-        # or data, so nothing that waits for it (a recipe choice, a warm start) goes on without it.
-        job.status = "stopped" if returncode == 130 or returncode < 0 else "failed"
+        # Stopped by a signal (after its checkpoint, or killed), or its folder held by another gankd
+        # process (a run started by hand): not a failure of its recipe or data, so nothing that
+        # waits for it (a recipe choice, a warm start) goes on without it.
+        job.status = {EXIT_INTERRUPTED: "stopped", EXIT_BUSY: "busy"}.get(returncode, "stopped" if returncode < 0 else "failed")
         for model in job.models:
             if model.status != "done":
                 model.status, model.error = job.status, job.error

@@ -245,7 +245,8 @@ def plot_curves(plan: "Plan", models: list[Model], path: Path) -> bool:
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[1]:  # a panel with no curve (no model of that depth finished yet) has no legend
+            ax.legend(fontsize=7)
     fig.tight_layout()
     if drawn:
         fig.savefig(path, dpi=110)
