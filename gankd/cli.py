@@ -17,9 +17,9 @@ from typing import Any, Callable, Sequence
 
 from gankd.config import (BALANCES, LOSSES, MAX_BATCH_SIZE, MAX_DEPTH, MAX_LATENT_DIM, MAX_SEED, MONITORS, MSE_REDUCTIONS,
                           PRECISIONS, RunConfig, read_options)
+from gankd.data import DATASETS
 from gankd.errors import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_USAGE, FolderBusy, GankdError, RunInterrupted, UsageError
 from gankd.progress import set_quiet
-from gankd.data import DATASETS
 
 
 MAX_GRID_IMAGES = 4096  # gankd sample: one PNG grid, held in memory
