@@ -98,6 +98,9 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     table = (out / "table.md").read_text()
     for label in ("Real test images in a generator's place", "| GAN size d | 2 | 4 |", "| Ratio |", "IS (Stu. (MSE))", "IS (Stu. (joint))", "IS (Reg.)", "regular recipe", " ± "):
         assert label in table
+    # the regular GANs' 5 steps are their cap (no plateau possible): every seed is marked as stopped by it
+    steps_line = next(line for line in table.splitlines() if line.startswith("| steps (Reg.)"))
+    assert steps_line == "| steps (Reg.) | 5 (2/2 at the cap) | 5 (2/2 at the cap) |", steps_line
     report = (out / "report.md").read_text()
     for picture in ("plot_is.png", "plot_cfid.png", "figure11.png", "curves.png"):
         assert picture in report

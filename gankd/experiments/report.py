@@ -73,7 +73,8 @@ def cells(plan: "Plan", rows: list[dict[str, Any]], columns: list[str]) -> dict[
             if not chosen:
                 continue
             cell: dict[str, Any] = {"parameters": chosen[0]["parameters"], "recipe": chosen[0]["recipe"],
-                                    "steps": estimate([r["steps"] for r in chosen]), "seeds": len(chosen)}
+                                    "steps": estimate([r["steps"] for r in chosen]), "seeds": len(chosen),
+                                    "at_cap": sum(r["stopped"] == "steps" for r in chosen)}
             for column in columns:
                 values = [r[column] for r in chosen if r[column] is not None]
                 if values:
@@ -98,6 +99,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def steps_cell(cell: dict[str, Any]) -> str:
+    """Mean steps over seeds, and how many of the seeds ran to the step cap instead of stopping on a
+    plateau of their monitor (still improving when stopped: their budget, not convergence, ended them)."""
+    at_cap = f" ({cell['at_cap']}/{cell['seeds']} at the cap)" if cell["at_cap"] else ""
+    return _fmt(cell["steps"].mean, 3) + at_cap
+
+
 def paper_table(plan: "Plan", teacher: dict[str, Any], agg: dict, columns: list[str]) -> str:
     """Laid out like the paper's Table 1: one column per depth; mean ± 95% CI over seeds."""
     depths = plan.depths
@@ -118,13 +126,14 @@ def paper_table(plan: "Plan", teacher: dict[str, Any], agg: dict, columns: list[
     for method in METHOD_LABELS:
         if any((method, d) in agg for d in depths):
             warm = " after its MSE student's" if any(name.startswith(f"{method}/") for name in plan.after) else ""
-            line(f"steps ({METHOD_LABELS[method]}{warm})", [_fmt(agg[(method, d)]["steps"].mean, 3) if (method, d) in agg else "—" for d in depths])
+            line(f"steps ({METHOD_LABELS[method]}{warm})", [steps_cell(agg[(method, d)]) if (method, d) in agg else "—" for d in depths])
     if "regular" in {m for m, _ in agg}:
         line("regular recipe", [plan.choice.get(d, "—") for d in depths])
     seeds = sorted({agg[k]["seeds"] for k in agg})
     header = (f"Teacher: d={teacher['depth']}, {_fmt(teacher.get('parameters'))} parameters"
               + "".join(f", {QUALITY[c].label} {_fmt(teacher.get(c))}" for c in columns if c != "fidelity_mse" and teacher.get(c) is not None)
-              + f". Cells: mean ± 95% CI (Student t) over {'/'.join(map(str, seeds))} seeds.")
+              + f". Cells: mean ± 95% CI (Student t) over {'/'.join(map(str, seeds))} seeds; steps: the mean, and how many "
+              "seeds ran to their step cap instead of stopping on a plateau of their monitor (k/n at the cap).")
     if plan.floor:
         header += ("\n\nReal test images in a generator's place, against the same training reference at the same count (the "
                    "best a generator can score here: FID's bias keeps it above 0): "
