@@ -47,6 +47,7 @@ from gankd.runtime import Runtime, check_precision, distributed_runtime, gather_
 
 SAMPLE_LATENT_SEED = 2_718_281  # fixed latents for the periodic sample grids
 PER_MEMBER = ("out", "depth", "critic_depth", "init")  # what may differ between the students of one run
+FILLED_AT_START = ("image_size", "channels", "latent_dim")  # None: taken from the teacher or data (resolve_shapes)
 
 
 # --------------------------------------------------------------------------- set-up
@@ -105,10 +106,13 @@ def objective(cfg: RunConfig) -> GeneratorObjective:
 
 
 def check_same_run(cfgs: list[RunConfig]) -> None:
-    """The students of one run share every option but their depth, critic depth and folder."""
+    """The students of one run share every option but their depth, critic depth and folder. A shape
+    left to the start (None) matches any: a resumed student's saved config has it filled, a new
+    one's not yet (a depth added to a run whose other students finished); checked again once filled."""
     first = cfgs[0]
     for cfg in cfgs[1:]:
-        differ = [f.name for f in fields(RunConfig) if f.name not in PER_MEMBER and getattr(cfg, f.name) != getattr(first, f.name)]
+        differ = [f.name for f in fields(RunConfig) if f.name not in PER_MEMBER and getattr(cfg, f.name) != getattr(first, f.name)
+                  and not (f.name in FILLED_AT_START and None in (getattr(cfg, f.name), getattr(first, f.name)))]
         if differ:
             raise GankdError(f"students trained together must share all options but depth; {cfg.out} differs in {differ}")
     outs = [str(Path(c.out).resolve()) for c in cfgs]
@@ -226,6 +230,7 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
     image_size = resolve_shapes(base, teacher, None).image_size
     data = load_dataset(base.dataset, base.data, image_size, "train", base.channels) if base.adversarial else None
     cfgs = [resolve_shapes(cfg, teacher, data) for cfg in cfgs]
+    check_same_run(cfgs)
     base = cfgs[0]
     monitor_name = resolve_monitor(base.monitor, base.method, base.dataset if base.method == "gan" else (teacher.meta.get("dataset") or {}).get("kind"), base.channels)
     monitor = (build_monitor(monitor_name, base.latent_dim, device, teacher.module if teacher else None, data)

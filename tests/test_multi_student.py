@@ -135,3 +135,18 @@ def test_a_finished_student_stays_finished_while_another_catches_up(mnist_teache
     for r, f in zip(run, full):
         assert_same(r, f)
         assert read_checkpoint(r / "generator.safetensors")[1]["step"] == 8
+
+
+def test_a_depth_added_beside_a_finished_run_trains_and_leaves_it_finished(tmp_path: Path) -> None:
+    """`--depth 2,4 --resume` where d2 finished alone before (as a sweep does when a recipe is chosen
+    at a second depth): the saved d2 config has its shapes filled, the new d4 one not yet; d4 trains,
+    d2 is left as it was."""
+    from gankd.cli import main
+
+    common = ["--loss", "dcgan", "--steps", "3", "--log-every", "1", "--checkpoint-every", "3", "--batch-size", "8"]
+    assert main(["train", "--out", str(tmp_path / "d2"), "--depth", "2", *common]) == 0
+    finished = (tmp_path / "d2" / "generator.safetensors").read_bytes()
+    assert main(["train", "--out", str(tmp_path), "--depth", "2,4", "--resume", *common]) == 0
+    assert (tmp_path / "d2" / "generator.safetensors").read_bytes() == finished
+    assert read_checkpoint(tmp_path / "d4" / "generator.safetensors")[1]["step"] == 3
+    assert RunConfig.load(tmp_path / "d4" / "config.json").channels == 1  # filled at the start, as d2's was
