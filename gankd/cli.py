@@ -169,6 +169,7 @@ def config_from_args(args: argparse.Namespace, method: str | None) -> tuple[RunC
                 raise GankdError(f"--resume continues the saved run; these options differ from {saved_path}: {sorted(changed)}")
             data = saved.to_dict()
             data.update({k: flags[k] for k in ("steps", "device") if k in flags})
+            data["out"] = flags["out"]  # the folder resumed, even where the saved config names another (a copied or moved run)
             return RunConfig.from_dict(data, str(saved_path)), True
     base = read_options(args.config) if args.config else {}
     if method is not None:

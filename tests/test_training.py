@@ -136,6 +136,25 @@ def test_existing_run_needs_resume(tmp_path: Path) -> None:
         train(cfg)
 
 
+def test_a_copied_run_resumes_in_its_new_folder_only(tmp_path: Path) -> None:
+    """`--resume --out COPY` of a run folder copied elsewhere continues in COPY, although the saved
+    config names the original folder: the original is left exactly as it was."""
+    import shutil
+
+    from gankd.cli import main
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    common = ["--depth", "2", "--loss", "dcgan", "--log-every", "1", "--checkpoint-every", "2", "--batch-size", "8"]
+    assert main(["train", "--out", str(original), "--steps", "2", *common]) == 0
+    shutil.copytree(original, copy)
+    before = {p.relative_to(original): p.read_bytes() for p in original.rglob("*") if p.is_file()}
+    assert main(["train", "--out", str(copy), "--resume", "--steps", "4"]) == 0
+    assert {p.relative_to(original): p.read_bytes() for p in original.rglob("*") if p.is_file()} == before
+    assert read_checkpoint(copy / "generator.safetensors")[1]["step"] == 4
+    with (copy / "metrics.csv").open(newline="") as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2, 3, 4]
+
+
 def test_teacher_and_data_must_agree(mnist_teacher: Path, tmp_path: Path) -> None:
     with pytest.raises(GankdError, match="image size"):
         train(RunConfig(out=str(tmp_path / "r"), method="mse", teacher=str(mnist_teacher), image_size=64, depth=4, steps=1))
