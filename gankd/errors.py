@@ -2,8 +2,7 @@
 
 The CLI catches :class:`GankdError` and prints one line, ``gankd: error: <message>``, and exits
 non-zero (2 for :class:`UsageError`, as argparse does; 75 for :class:`FolderBusy`; 130 for
-:class:`RunInterrupted`); anything
-else is a bug in gankd and keeps its traceback.
+:class:`RunInterrupted`); anything else is a bug in gankd and keeps its traceback.
 """
 
 
