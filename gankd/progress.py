@@ -40,6 +40,17 @@ def progress(total: int, desc: str, unit: str, initial: int = 0, enabled: bool =
     return LineProgress(total, desc, unit, initial)
 
 
+def note(text: str) -> None:
+    """One line of news on stderr (a job started or finished) that leaves a tqdm bar intact;
+    silent under ``--quiet``."""
+    if _quiet:
+        return
+    if sys.stderr.isatty():
+        tqdm.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
 def track(items: Sequence[T], desc: str, unit: str) -> Iterator[T]:
     """Iterate over ``items`` with progress shown."""
     with progress(len(items), desc, unit) as bar:

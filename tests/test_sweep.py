@@ -48,6 +48,7 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     # first call: one regular recipe fails (its data is missing) and is reported; the rest finish
     result = run_gankd("sweep", str(write(tmp_path / "broken.json", broken)), "--out", str(out), "--jobs", "2", check=False)
     assert result.returncode == 1 and "regular/dcgan-c4/s0: failed" in result.stderr and "no-such-mnist" in result.stderr
+    assert "mse/s0: started (d = 2, 4; log" in result.stderr and "mse/s0: done" in result.stderr  # the sweep's own news lines
     status = json.loads((out / "status.json").read_text())
     assert status["mse/s0"]["status"] == "done" and status["regular/dcgan-c8/s1"]["status"] == "done"
     assert "did not finish" in (out / "report.md").read_text()
@@ -214,6 +215,36 @@ def test_students_start_before_regular_gans_and_joint_ones_as_soon_as_their_mse_
     assert threads_given == {3}  # --threads
     assert started[:6] == ["mse/s0", "mse/s1", "joint/s0", "joint/s1", "mse-continued/s0", "mse-continued/s1"]
     assert set(started[6:8]) == {"regular/dcgan-c8/s0", "regular/dcgan-c4/s0"} and len(started) == 9  # then seed 1 of the recipe chosen at both depths
+
+
+def test_the_sweep_says_when_jobs_start_and_end_and_where_running_ones_are(mnist_teacher: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    import time
+
+    import gankd.experiments.sweep as sweep
+
+    spec = {**json.loads(json.dumps(TINY)), "teacher": {"checkpoint": str(mnist_teacher)}, "seeds": [0]}
+    plan = Plan(spec, tmp_path, "tiny")
+
+    def run_job(job, threads: int, children) -> None:  # writes the progress lines a training run writes, then "finishes"
+        job.folder.mkdir(parents=True, exist_ok=True)
+        with (job.folder / "train.log").open("w") as log:
+            log.write(f"mse d=2, d=4: 3/12 steps (25%), 9.1 steps/s, ETA 0:00:01 [{job.name}]\nfid monitor: 10/200 imgs (5%)\n")
+        time.sleep(0.4)
+        job.status = "done"
+        for model in job.models:
+            model.status = "done"
+
+    monkeypatch.setattr(sweep, "run_job", run_job)
+    monkeypatch.setattr(sweep, "HEARTBEAT_S", 0.1)
+    monkeypatch.setattr(sweep, "evaluate_model", lambda model, *a, **k: {"metrics": {"is": {"mean": float(model.depth)}}})
+    sweep.train_all(plan, sweep.evaluation_settings(spec), parallel=1, threads=1)
+    err = capsys.readouterr().err
+    log = plan.out / "runs" / "mse" / "s0" / "train.log"
+    assert f"mse/s0: started (d = 2, 4; log {log})" in err
+    # while it runs: the newest step line of its log (not the monitor line after it), then its end
+    assert "mse/s0: mse d=2, d=4: 3/12 steps (25%), 9.1 steps/s, ETA 0:00:01 [mse/s0]" in err and "mse/s0: done" in err
+    assert err.index("mse/s0: started") < err.index("[mse/s0]") < err.index("mse/s0: done") < err.index("joint/s0: started")
 
 
 def test_table_cells_round_the_mean_to_its_interval_and_one_seed_decides_nothing() -> None:

@@ -177,6 +177,19 @@ def run_job(job: Job, threads: int, children: Children | None = None) -> None:
                 model.status, model.error = job.status, job.error
 
 
+def latest_progress(job: Job) -> str:
+    """The newest progress line of a running job's train.log (its steps, rate and ETA), so a sweep's
+    own output says where each job is without anyone opening the logs."""
+    try:
+        with (job.folder / "train.log").open("rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 8192))
+            lines = [line.strip() for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return "no output yet"
+    steps = [line for line in lines if " steps (" in line]
+    return (steps or lines or ["no output yet"])[-1]
+
+
 def evaluation_key(metrics: list[str], samples: int, seed: int) -> str:
     return f"{','.join(sorted(metrics))}|n={samples}|seed={seed}"
 

@@ -18,6 +18,8 @@ each depth (by the primary metric) is trained at the other seeds, and the report
 chosen and why, so "the student beats the regular GAN" is won against the best recipe tried.
 Then every model is evaluated with the same metrics, samples and seed (cached per model) and the
 report is written (:mod:`gankd.experiments.report`). Running the same command again resumes.
+The sweep's own output says when each job starts and ends and, every ``HEARTBEAT_S`` seconds,
+where each running job is (steps, rate, ETA from its train.log).
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from typing import Any
 from gankd.checkpoint import load_generator
 from gankd.errors import GankdError
 from gankd.experiments.jobs import (EVALUATION_DEFAULTS, QUALITY, STUDENT_METHODS, Children, Job, Model, columns_of, evaluate_floor,
-                                    evaluate_model, make_job, metric_value, refresh, run_job)
+                                    evaluate_model, latest_progress, make_job, metric_value, refresh, run_job)
 from gankd.files import atomic_write_bytes
-from gankd.progress import progress, track
+from gankd.progress import note, progress, track
 from gankd.runtime import resolve_device, stop_requests
 
 METHODS = (*STUDENT_METHODS, "regular")
+HEARTBEAT_S = 300.0  # how often a sweep prints where each running job is (its log's newest progress line)
 CRITIC_KEYS = {"alpha", "loss", "critic_depth", "critic_steps", "gp_lambda", "balance"}  # what mse-continued drops from joint's settings
 SPEC_KEYS = {"name", "description", "data", "common", "seeds", "teacher", "depths", "methods", "evaluation", "keep"}
 EVALUATION_KEYS = set(EVALUATION_DEFAULTS) | {"primary"}
@@ -243,13 +246,18 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int, threads: int 
                 job = min(ready, key=plan.jobs.index)
                 ready.remove(job)
                 if job.status != "done":
+                    note(f"{job.name}: started (d = {', '.join(str(m.depth) for m in job.models)}; log {job.folder / 'train.log'})")
                     running[pool.submit(run_job, job, threads, children)] = job
             if not running:
                 break
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            done, _ = wait(list(running), timeout=HEARTBEAT_S, return_when=FIRST_COMPLETED)
+            if not done:
+                for job in sorted(running.values(), key=plan.jobs.index):
+                    note(f"{job.name}: {latest_progress(job)}")
             for future in done:
                 job = running.pop(future)
                 future.result()
+                note(f"{job.name}: {job.status}" + (f" ({job.error})" if job.error else ""))
                 bar.set_postfix_str(f"{job.name}: {job.status}")
                 bar.update(1)
     bar.close()
