@@ -156,7 +156,7 @@ def test_mnist_three_channels_replicate(tmp_path, small_mnist):
 
 # -------------------------------------------------------------------------------- Fashion-MNIST
 
-FASHION_MNIST = Path("/work/shared/data/fashion-mnist")  # this workspace's copy; the test skips elsewhere
+FASHION_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"  # ../shared beside the clone; else skipped
 FASHION_SOURCE = "apt-get download dataset-fashion-mnist` or github.com/zalandoresearch/fashion-mnist"
 
 
@@ -203,7 +203,7 @@ def test_fashion_mnist_missing_files_say_where_to_get_them(tmp_path, monkeypatch
     assert FASHION_SOURCE in str(err.value)
 
 
-@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="no Fashion-MNIST copy at /work/shared/data/fashion-mnist")
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason=f"no Fashion-MNIST copy at {FASHION_MNIST}")
 @pytest.mark.parametrize("split,count", [("train", 60000), ("test", 10000)])
 def test_fashion_mnist_real(split, count):
     d = load_dataset("fashion-mnist", FASHION_MNIST, 32, split)
