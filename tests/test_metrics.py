@@ -400,7 +400,7 @@ def test_evaluate_all_metrics_through_the_cli_and_reuses_cached_reference(tmp_pa
     assert 1 <= m["is"]["mean"] <= 10 and m["fid"]["value"] > 0 and m["cfid"]["value"] > 0
     assert 0 <= m["pr"]["precision"] <= 1 and 0 <= m["pr"]["recall"] <= 1 and m["pr"]["k"] == 3
     assert m["pr"]["network"] == m["fid"]["network"] and m["pr"]["reference_images"] == 20
-    assert m["kid"]["subset_size"] == 20 and m["fidelity"]["mse"] > 0
+    assert m["kid"]["subset_size"] == 20 and m["kid"]["subsets"] == 1 and m["fidelity"]["mse"] > 0  # 20 of 20: one subset, the whole sets
     assert m["cost"]["parameters"] == results["generator"]["parameters"] and m["cost"]["checkpoint_bytes"] > 0
     assert results["reference"] == {"dataset": "mnist-train-32", "images": 20}
     assert len(list((tmp_path / "cache").glob("mnist-train-32-*_*_n20.npz"))) == 2

@@ -94,8 +94,15 @@ def _frechet(network: str) -> Callable[[Inputs], dict[str, Any]]:
 
 def _kid(x: Inputs) -> dict[str, Any]:
     size = min(KID_SUBSET_SIZE, x.samples, x.reference_images or 0)
-    mean, std = kernel_inception_distance(x.generated["inception"], x.real["inception"]["features"], KID_SUBSETS, size, x.seed)
-    return {"mean": mean, "std": std, "subsets": KID_SUBSETS, "subset_size": size, "network": x.network_ids["inception"]}
+    subsets = 1 if size == x.samples == x.reference_images else KID_SUBSETS  # subsets of whole sets would all be the same
+    mean, std = kernel_inception_distance(x.generated["inception"], x.real["inception"]["features"], subsets, size, x.seed)
+    return {"mean": mean, "std": std, "subsets": subsets, "subset_size": size, "network": x.network_ids["inception"]}
+
+
+def _kid_lines(r: dict[str, Any]) -> list[tuple[str, str]]:
+    if r["subsets"] == 1:
+        return [(f"KID x 1000 (all {r['subset_size']} against all {r['subset_size']})", f"{1000 * r['mean']:.2f}")]
+    return [(f"KID x 1000 (mean ± sd over {r['subsets']} subsets of {r['subset_size']})", f"{1000 * r['mean']:.2f} ± {1000 * r['std']:.2f}")]
 
 
 def _precision_recall(x: Inputs) -> dict[str, Any]:
@@ -138,7 +145,7 @@ METRICS: dict[str, Metric] = {
                lambda r: [("FID, Inception pool3", number(r["value"], 2))],
                (Column("fid", "value", "FID", False),), "images"),
         Metric("kid", ("inception",), _kid,
-               lambda r: [(f"KID x 1000 ({r['subsets']} subsets of {r['subset_size']})", f"{1000 * r['mean']:.2f} ± {1000 * r['std']:.2f}")],
+               _kid_lines,
                (Column("kid", "mean", "KID", False),), "images"),
         Metric("pr", ("inception",), _precision_recall,
                lambda r: [(f"precision / recall (k = {r['k']}, Inception pool3)", f"{r['precision']:.3f} / {r['recall']:.3f}")],
