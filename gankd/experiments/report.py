@@ -130,9 +130,10 @@ def paper_table(plan: "Plan", teacher: dict[str, Any], agg: dict, columns: list[
     if "regular" in {m for m, _ in agg}:
         line("regular recipe", [plan.choice.get(d, "—") for d in depths])
     seeds = sorted({agg[k]["seeds"] for k in agg})
+    over = ("/".join(map(str, seeds)) + (" seed" if seeds == [1] else " seeds")) if seeds else "the seeds (none finished yet)"
     header = (f"Teacher: d={teacher['depth']}, {_fmt(teacher.get('parameters'))} parameters"
               + "".join(f", {QUALITY[c].label} {_fmt(teacher.get(c))}" for c in columns if c != "fidelity_mse" and teacher.get(c) is not None)
-              + f". Cells: mean ± 95% CI (Student t) over {'/'.join(map(str, seeds)) + (' seed' if seeds == [1] else ' seeds') if seeds else 'the seeds (none finished yet)'}; steps: the mean, and how many "
+              + f". Cells: mean ± 95% CI (Student t) over {over}; steps: the mean, and how many "
               "seeds ran to their step cap instead of stopping on a plateau of their monitor (k/n at the cap).")
     if plan.floor:
         header += ("\n\nReal test images in a generator's place, against the same training reference at the same count (the "
