@@ -305,6 +305,7 @@ def test_a_stopped_sweep_stops_its_runs_and_leaves_no_orphan(mnist_teacher: Path
     sweep.send_signal(signal.SIGTERM)
     _, stderr = sweep.communicate(timeout=120)
     assert sweep.returncode == 1 and "sweep stopped by SIGTERM" in stderr and "run the same command again to resume" in stderr
+    assert "sweep jobs: 0/2 jobs" in stderr  # the stopped job is not counted as done
     assert "stopped by SIGTERM" in (out / "runs" / "mse" / "s0" / "train.log").read_text()
     assert (metrics.parent / "checkpoints" / "last.safetensors").exists()
     with owned_folder(metrics.parent):  # no orphaned run still holds it

@@ -259,7 +259,8 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int, threads: int 
                 future.result()
                 note(f"{job.name}: {job.status}" + (f" ({job.error})" if job.error else ""))
                 bar.set_postfix_str(f"{job.name}: {job.status}")
-                bar.update(1)
+                if job.status in ("done", "failed"):  # a stopped or busy job is still to do
+                    bar.update(1)
     bar.close()
     if stop:
         raise GankdError(f"sweep stopped by {signal.Signals(stop['signal']).name}: finished models are kept and running ones "
