@@ -28,7 +28,7 @@ TINY = {
     "teacher": {"depth": 8, "loss": "dcgan", "steps": 10},
     "depths": [2, 4],
     "methods": {"mse": {"steps": 12, "patience": 2, "eval_every": 4},
-                "joint": {"alpha": 0.3, "loss": "dcgan", "steps": 5, "init": "mse"},
+                "joint": {"alpha": 0.3, "loss": "dcgan", "steps": 5, "init": "mse", "monitor": "is", "eval_every": 5, "patience": 2},
                 "mse-continued": {},
                 "regular": {"recipes": {"dcgan-c8": {"loss": "dcgan", "critic_depth": 8, "steps": 5},
                                         "dcgan-c4": {"loss": "dcgan", "critic_depth": 4, "steps": 5}}}},
@@ -108,6 +108,8 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
         with Image.open(out / picture) as image:
             assert image.format == "PNG" and image.width > 100
     assert "recipes tried" in report and "(chosen)" in report
+    # a fidelity MSE and an IS share no useful axis: each monitor has its own row of panels
+    assert "One row per monitor: fidelity (Stu. (MSE)); is (Stu. (joint), Stu. (MSE, continued))." in report, report
     assert "compression limit" in report
     assert "Joint against the same MSE students continued by MSE" in report and "same seed, joint − continued" in report
 

@@ -232,36 +232,43 @@ def plot_metric(plan: "Plan", teacher: dict[str, Any], agg: dict, column: str, p
     plt.close(fig)
 
 
-def plot_curves(plan: "Plan", models: list[Model], path: Path) -> bool:
-    """The monitor each model watched (val_* in metrics.csv) against the step, one panel per depth."""
-    fig, axes = plt.subplots(1, len(plan.depths), figsize=(4 * len(plan.depths), 3.4), squeeze=False)
-    drawn = False
-    for ax, depth in zip(axes[0], sorted(plan.depths)):
-        for model in models:
-            if model.depth != depth or model.method == "teacher" or (model.method == "regular" and model.recipe != plan.choice.get(depth)):
-                continue
-            try:
-                with (model.run_dir / "metrics.csv").open(newline="") as f:
-                    rows = list(csv.DictReader(f))
-            except OSError:
-                continue
-            column = next((c for c in (rows[0] if rows else {}) if c.startswith("val_")), None)
-            points = [(int(r["step"]), float(r[column])) for r in rows if column and r.get(column)]
-            if points:
-                ax.plot(*zip(*points), color=COLORS[model.method], alpha=0.8, lw=1,
-                        label=f"{METHOD_LABELS[model.method]} ({column[4:]})" if model.seed == plan.seeds[0] else None)
-                drawn = True
-        ax.set_title(f"d={depth}")
-        ax.set_xlabel("step")
-        ax.set_yscale("log")
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[1]:  # a panel with no curve (no model of that depth finished yet) has no legend
-            ax.legend(fontsize=7)
+def plot_curves(plan: "Plan", models: list[Model], path: Path) -> dict[str, list[str]]:
+    """The monitor each model watched (val_* in metrics.csv) against the step: one row of panels
+    per monitor (a fidelity MSE near 0.05 and an FID near 100 share no useful axis), one column
+    per depth. Returns, per monitor drawn, the methods that watched it (empty: nothing drawn)."""
+    curves: dict[str, list[tuple[Model, list[tuple[int, float]]]]] = {}
+    for model in models:
+        if model.method == "teacher" or (model.method == "regular" and model.recipe != plan.choice.get(model.depth)):
+            continue
+        try:
+            with (model.run_dir / "metrics.csv").open(newline="") as f:
+                rows = list(csv.DictReader(f))
+        except OSError:
+            continue
+        column = next((c for c in (rows[0] if rows else {}) if c.startswith("val_")), None)
+        points = [(int(r["step"]), float(r[column])) for r in rows if column and r.get(column)]
+        if points:
+            curves.setdefault(column[4:], []).append((model, points))
+    if not curves:
+        return {}
+    depths = sorted(plan.depths)
+    fig, axes = plt.subplots(len(curves), len(depths), figsize=(4 * len(depths), 3.2 * len(curves)), squeeze=False)
+    for row, monitor in zip(axes, sorted(curves)):
+        for ax, depth in zip(row, depths):
+            for model, points in curves[monitor]:
+                if model.depth == depth:
+                    ax.plot(*zip(*points), color=COLORS[model.method], alpha=0.8, lw=1,
+                            label=METHOD_LABELS[model.method] if model.seed == plan.seeds[0] else None)
+            ax.set_title(f"{monitor}, d={depth}")
+            ax.set_xlabel("step")
+            ax.set_yscale("log")
+            ax.grid(True, alpha=0.3)
+            if ax.get_legend_handles_labels()[1]:  # a panel with no curve (no model of that depth finished yet) has no legend
+                ax.legend(fontsize=7)
     fig.tight_layout()
-    if drawn:
-        fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return drawn
+    return {monitor: list(dict.fromkeys(METHOD_LABELS[m.method] for m, _ in drawn)) for monitor, drawn in sorted(curves.items())}
 
 
 def figure11(plan: "Plan", models: list[Model], path: Path) -> bool:
@@ -365,7 +372,9 @@ def write_report(plan: "Plan", settings: dict[str, Any]) -> None:
     ]
     if curves:
         report += ["## Training curves", "", "The held-out quantity each model watched while training (its stopping rule's "
-                   "monitor), every seed; the runs stop where the curve flattens.", "", "![training curves](curves.png)", ""]
+                   "monitor), every seed; the runs stop where the curve flattens. One row per monitor: "
+                   + "; ".join(f"{monitor} ({', '.join(methods)})" for monitor, methods in curves.items()) + ".", "",
+                   "![training curves](curves.png)", ""]
     if grid:
         report += ["## Same latents, teacher and students (cf. the paper's Figure 11)", "",
                    f"Seed {plan.seeds[0]}. Left to right: teacher, MSE students from the largest to the smallest d, then joint students.",
