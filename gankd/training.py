@@ -173,18 +173,17 @@ def build_member(cfg: RunConfig, rt: Runtime, memory_format: torch.memory_format
     g_train: nn.Module = DistributedDataParallel(generator) if rt.world_size > 1 else generator
     d_train: nn.Module | None = DistributedDataParallel(critic) if critic is not None and rt.world_size > 1 else critic
     if cfg.compile:
-        if device.type == "cuda" and memory_format == torch.contiguous_format:
-            # Inductor's layout optimisation makes convolutions channels-last inside the compiled graph,
-            # and then expects channels-last strides for a contiguous buffer in a transposed
-            # convolution's backward (assert_size_stride in convolution_backward; torch 2.11, H100).
-            # Without it the compiled graph keeps the model's own layout.
-            from torch._inductor import config as inductor_config
-
-            inductor_config.layout_optimization = False
-        g_train = torch.compile(g_train)
+        # On CUDA in the default memory format, inductor's layout optimisation makes convolutions
+        # channels-last inside the compiled graph and then expects channels-last strides for a
+        # contiguous buffer in a transposed convolution's backward (assert_size_stride in
+        # convolution_backward; torch 2.11, H100), so it is off there. It is an option of this
+        # compiled module, not a global setting: set globally, it leaked into a later channels-last
+        # run in the same process, which then failed the same assertion (H100, 2026-11-27).
+        options = {"layout_optimization": False} if device.type == "cuda" and memory_format == torch.contiguous_format else None
+        g_train = torch.compile(g_train, options=options)
         # Not a WGAN-GP critic: its gradient penalty differentiates it twice (create_graph), which
         # compiled (AOTAutograd) graphs do not support.
-        d_train = torch.compile(d_train) if d_train is not None and cfg.loss != "wgan-gp" else d_train
+        d_train = torch.compile(d_train, options=options) if d_train is not None and cfg.loss != "wgan-gp" else d_train
     plateau = Plateau(cfg.patience, cfg.min_delta, higher_is_better) if cfg.patience and higher_is_better is not None else None
     return Member(cfg, generator, critic, opt_g, opt_d, g_train, d_train, MetricsLog(Path(cfg.out) / "metrics.csv", enabled=rt.is_main), plateau)
 

@@ -182,7 +182,9 @@ def _graph_file(path: Path, z_shape: list, out_shape: list | None, target: list[
         cast + [helper.make_node("Reshape", ["zf", "shape"], ["images"])], "g",
         [helper.make_tensor_value_info("z", z_type, z_shape)],
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, out_shape)], [shape])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR 8, opset 17's own: onnx writes its newest IR by default, which the installed ONNX Runtime may
+    # not read yet (onnx 1.23 writes 14, onnxruntime 1.30 reads up to 13; seen on the GPU machine).
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     path.write_bytes(model.SerializeToString())
     return path
 
