@@ -283,6 +283,20 @@ def test_warm_started_joint_students_are_also_compared_seed_by_seed() -> None:
     assert next(x for x in findings(plan, {"parameters": 3_443_585}, agg, "cfid", 0.9) if "Joint" in x).endswith(": better).")
 
 
+def test_a_failed_teacher_skips_its_students_and_the_job_bar_counts_them(tmp_path: Path) -> None:
+    """Students of a teacher that failed are skipped, not left pending: the report says why and the
+    job bar ends full instead of stuck at the teacher."""
+    spec = {**json.loads(json.dumps(TINY)), "seeds": [0], "depths": [2],
+            "teacher": {**TINY["teacher"], "data": str(tmp_path / "no-such-mnist")},
+            "methods": {"mse": {"steps": 5}, "joint": {"alpha": 0.3, "loss": "dcgan", "steps": 5, "init": "mse"}}}
+    out = tmp_path / "out"
+    result = run_gankd("sweep", str(write(tmp_path / "spec.json", spec)), "--out", str(out), check=False)
+    assert result.returncode == 1 and "teacher: failed" in result.stderr
+    status = json.loads((out / "status.json").read_text())
+    assert status["mse/s0"] == status["joint/s0"] == {"status": "skipped", "error": "the teacher did not finish"}
+    assert "sweep jobs: 3/3 jobs" in result.stderr  # teacher (failed) and both skipped jobs
+
+
 def test_a_stopped_sweep_stops_its_runs_and_leaves_no_orphan(mnist_teacher: Path, tmp_path: Path) -> None:
     """SIGTERM to the sweep (a scheduler's or `kill`'s) reaches the run it started: the run
     checkpoints, its folder is free again, the sweep says how to resume and starts nothing more."""

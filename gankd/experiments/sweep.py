@@ -230,6 +230,7 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int, threads: int 
                 else:
                     for job in plan.students:
                         job.status, job.error = "skipped", "the teacher did not finish"
+                    bar.update(len(plan.students))
             for job in plan.students:  # warm-started jobs, once the job they start from has finished
                 if job.name in plan.after and job.status == "pending" and job not in ready and job not in running.values():
                     first = next(j for j in plan.students if j.name == plan.after[job.name])
@@ -237,6 +238,7 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int, threads: int 
                         add([job])
                     elif first.status in ("failed", "skipped"):
                         job.status, job.error = "skipped", f"{first.name} did not finish"
+                        bar.update(1)
             if plan.first_seed_regular and not regular_chosen and all(j.status in ("done", "failed") for j in plan.first_seed_regular):
                 regular_chosen = True
                 new = choose_regular(plan, settings)
