@@ -96,7 +96,7 @@ def test_r1_penalty_is_half_gamma_times_the_squared_slope_at_real_images() -> No
     penalised, stats = critic_loss(critic, real, fake, "dcgan", 10.0, r1_gamma=3.0)
     slope = critic[1].weight.detach().pow(2).sum()
     assert float(stats["r1"]) == pytest.approx(float(slope), rel=1e-6)
-    assert float(penalised) == pytest.approx(float(plain) + 1.5 * float(slope), rel=1e-6)
+    assert float(penalised.detach()) == pytest.approx(float(plain.detach()) + 1.5 * float(slope), rel=1e-6)
     penalised.backward()  # the penalty's gradient reaches the critic: d/dw of 1.5 ||w||^2 is part of it
     assert critic[1].weight.grad is not None
 
