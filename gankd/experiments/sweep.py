@@ -220,6 +220,11 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int, threads: int 
         def add(jobs: list[Job]) -> None:
             ready.extend(job for job in jobs if job.status != "done" and job not in ready)
 
+        def skip(job: Job, why: str) -> None:
+            """A job that cannot run because what it starts from did not finish: over, for the bar too."""
+            job.status, job.error = "skipped", why
+            bar.update(1)
+
         students_queued = regular_chosen = False
         add(plan.regular)
         while True:
@@ -229,16 +234,14 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int, threads: int 
                     add([job for job in plan.students if job.name not in plan.after])
                 else:
                     for job in plan.students:
-                        job.status, job.error = "skipped", "the teacher did not finish"
-                    bar.update(len(plan.students))
+                        skip(job, "the teacher did not finish")
             for job in plan.students:  # warm-started jobs, once the job they start from has finished
                 if job.name in plan.after and job.status == "pending" and job not in ready and job not in running.values():
                     first = next(j for j in plan.students if j.name == plan.after[job.name])
                     if first.status == "done":
                         add([job])
                     elif first.status in ("failed", "skipped"):
-                        job.status, job.error = "skipped", f"{first.name} did not finish"
-                        bar.update(1)
+                        skip(job, f"{first.name} did not finish")
             if plan.first_seed_regular and not regular_chosen and all(j.status in ("done", "failed") for j in plan.first_seed_regular):
                 regular_chosen = True
                 new = choose_regular(plan, settings)
