@@ -109,6 +109,7 @@ METADATA_TYPES: dict[str, tuple[type | tuple[type, ...], float | None]] = {
     "method": (str, None),
     "loss": (str, None),
     "stopped": (str, None),
+    "eval_pending": (bool, None),
     "config": (dict, None),
     "plateau": (dict, None),
     "teacher": (dict, None),

@@ -140,6 +140,7 @@ class Member:
     status: str = "active"  # active | waiting (resumed ahead of the others) | done | diverged
     stop_reason: str = ""
     error: str = ""
+    eval_pending: bool = False  # a stop came when an evaluation was due: the resumed run makes it first
     history: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     saved_rng: tuple[torch.Tensor, torch.Tensor] | int | None = None  # shared streams' states, or a seed for fresh ones
 
@@ -264,6 +265,22 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
             export_generator(m, at, seconds, teacher)
             write_samples(m.run_dir / "samples.png", m.generator, teacher, sample_z, sample_teacher)
         save_training_checkpoint(m, rt, at, seconds, noise_rng, index_rng, teacher)
+
+    def judge(m: Member, value: float, at: int, seconds: float) -> None:
+        """Feed an evaluation to the student's stopping rule; a plateau finishes it."""
+        if m.plateau is not None and m.plateau.update(at, value):
+            finish(m, f"plateau: {monitor.name} gained less than {m.cfg.min_delta:g} (relative) in {m.cfg.patience} evaluations",
+                   at, seconds)
+
+    def summarise(m: Member, at: int) -> dict[str, float] | None:
+        """The interval's means (its history restarts); None, and the student stops, if it went bad."""
+        try:
+            means = check_and_summarise(m.history, at, m.cfg.divergence_threshold, m.last_path)
+        except RunDiverged as exc:
+            m.status, m.error = "diverged", str(exc)
+            return None
+        m.history = {}
+        return means
     objective_of = objective(base)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=base.precision == "bf16")
     critic_steps = base.resolved("critic_steps", "critic") if base.adversarial else 0
@@ -284,6 +301,13 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
     for m in members:  # finished students whose generator file a crash kept from being written
         if m.status == "done" and rt.is_main and not (m.run_dir / "generator.safetensors").exists():
             export_generator(m, m.step, elapsed, teacher)
+    for m in members:  # evaluations a stop deferred (see below), made before training goes on
+        if m.eval_pending and m.status != "done":
+            m.eval_pending = False
+            if monitor is not None:
+                value = monitor(m.generator)
+                m.logger.fill(m.step, value)
+                judge(m, value, m.step, elapsed)
     cap = max(m.cfg.steps for m in members)
     names = ", ".join(m.label for m in members)
     bar = progress(cap, f"{base.method} {names}", "step", initial=step, enabled=rt.is_main)
@@ -329,31 +353,48 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
             if m.status == "waiting" and m.step == step:
                 join(m, noise_rng, index_rng)
 
+        # ---- evaluations. One takes a while (the FID monitor: ~50 s on a CPU core), so a stop asked
+        # before or during them leaves the rest to the resumed run: a stop is answered after one
+        # evaluation at most, and the resumed run is the run that was not stopped.
         interrupted = stop_flag(stop, rt)
+        summaries: dict[int, dict[str, float] | None] = {}
+        values: dict[int, float] = {}
+        for m in active:
+            if monitor is None or step % m.cfg.eval_every:
+                continue
+            summaries[id(m)] = summarise(m, step)  # first: a generator that went bad is not evaluated
+            if m.status != "active":
+                continue
+            at_end = step >= m.cfg.steps
+            interrupted = interrupted or (0 if at_end else stop_flag(stop, rt))  # collective: all ranks agree
+            if interrupted and not at_end:
+                m.eval_pending = True
+            else:
+                values[id(m)] = monitor(m.generator)
+        # ---- logs, samples, stopping rules, checkpoints
         now = time.perf_counter()
         run_elapsed = elapsed + now - interval_start
         for m in active:
-            at_eval = monitor is not None and step % m.cfg.eval_every == 0
+            if m.status != "active":  # diverged
+                continue
+            value = values.get(id(m))
             at_end = step >= m.cfg.steps
             at_checkpoint = step % m.cfg.checkpoint_every == 0 or interrupted
-            if step % m.cfg.log_every == 0 or at_eval or at_end or at_checkpoint:
-                try:
-                    means = check_and_summarise(m.history, step, m.cfg.divergence_threshold, m.last_path)
-                except RunDiverged as exc:
-                    m.status, m.error = "diverged", str(exc)
+            if id(m) in summaries or step % m.cfg.log_every == 0 or at_end or at_checkpoint:
+                means = summaries[id(m)] if id(m) in summaries else summarise(m, step)
+                if means is None:
                     continue
-                m.history = {}
-                value = monitor(m.generator) if at_eval else None
                 rate = (step - interval_step) * batch * rt.world_size / max(now - interval_start, 1e-9)
                 m.logger.write(step, run_elapsed, rate, means, value)
                 if len(members) == 1:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in means.items() if k in ("d_loss", "g_loss", "mse_pixel")})
             if rt.is_main and step % m.cfg.sample_every == 0:
                 write_samples(m.run_dir / "samples" / f"step_{step:07d}.png", m.generator, teacher, sample_z, sample_teacher)
-            if at_eval and m.plateau is not None and m.plateau.update(step, value):
-                finish(m, f"plateau: {monitor.name} gained less than {m.cfg.min_delta:g} (relative) in {m.cfg.patience} evaluations",
-                       step, run_elapsed)
-            elif at_end:
+            if value is not None:
+                judge(m, value, step, run_elapsed)
+            if m.status == "done":  # the plateau ended it
+                continue
+            if at_end:
                 finish(m, "steps", step, run_elapsed)
             elif at_checkpoint:
                 save_training_checkpoint(m, rt, step, run_elapsed, noise_rng, index_rng, teacher)
@@ -458,6 +499,17 @@ class MetricsLog:
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, self.columns, extrasaction="ignore").writerow(row)
 
+    def fill(self, step: int, monitored: float) -> None:
+        """Put the monitor's value into the row of ``step``: an evaluation a stop deferred to the resumed run."""
+        if not (self.enabled and self.monitor and self.path.exists()):
+            return
+        with self.path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            if int(row["step"]) == step:
+                row[f"val_{self.monitor}"] = f"{monitored:.6g}"
+        self._rewrite(rows)
+
 
 @torch.no_grad()
 def write_samples(path: Path, generator: Generator, teacher: Teacher | None, z: torch.Tensor, teacher_images: torch.Tensor | None) -> None:
@@ -495,6 +547,8 @@ def run_metadata(m: Member, step: int, elapsed: float, teacher: Teacher | None) 
         meta["plateau"] = m.plateau.state()
     if m.status == "done":
         meta["stopped"] = m.stop_reason
+    if m.eval_pending:
+        meta["eval_pending"] = True
     if teacher is not None:
         meta["teacher"] = {"path": str(teacher.meta["path"]), "parameters": teacher.meta["parameters"], "arch": teacher.meta["arch"],
                            "dataset": teacher.meta.get("dataset")}
@@ -534,6 +588,7 @@ def restore(m: Member, rt: Runtime) -> float:
         ckpt.load_state(m.critic, ckpt.unprefixed("critic", tensors), str(path))
         ckpt.optimizer_from_tensors(m.opt_d, tensors, meta["opt_d_groups"], "opt_d")
     m.step = int(meta["step"])
+    m.eval_pending = bool(meta.get("eval_pending", False))
     if m.plateau is not None and "plateau" in meta:
         m.plateau.load(meta["plateau"])
     if str(meta.get("stopped", "")).startswith("plateau"):  # converged: done whatever --steps now says

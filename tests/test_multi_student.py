@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import os
 import shutil
 import signal
 import subprocess
@@ -150,3 +152,48 @@ def test_a_depth_added_beside_a_finished_run_trains_and_leaves_it_finished(tmp_p
     assert (tmp_path / "d2" / "generator.safetensors").read_bytes() == finished
     assert read_checkpoint(tmp_path / "d4" / "generator.safetensors")[1]["step"] == 3
     assert RunConfig.load(tmp_path / "d4" / "config.json").channels == 1  # filled at the start, as d2's was
+
+
+@pytest.mark.parametrize("min_delta", [0.0, 10.0], ids=["training-goes-on", "plateau-at-the-deferred-evaluation"])
+def test_a_stop_during_an_evaluation_defers_the_next_and_the_resumed_run_is_the_unstopped_one(
+        mnist_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, min_delta: float) -> None:
+    """A stop asked while the monitor evaluates one student is answered before the next student's
+    evaluation (the FID monitor takes ~50 s a student on a CPU core); the resumed run makes the
+    deferred evaluation first and ends exactly as the run that was never stopped. With min_delta 10
+    the second evaluation (step 10) is a plateau: the deferred one must still end d=4 there."""
+    from gankd.convergence import Monitor
+    from gankd.errors import RunInterrupted
+
+    def configs(folder: str) -> list[RunConfig]:
+        return [student(tmp_path / folder / f"d{d}", mnist_teacher, d, steps=15, eval_every=5, patience=2 if min_delta == 0 else 1,
+                        min_delta=min_delta) for d in (2, 4)]
+
+    full = train_many(configs("full"))
+    evaluated: list[int] = []
+    measure = Monitor.__call__
+
+    def stopped_during_the_third(self: Monitor, generator: torch.nn.Module) -> float:
+        evaluated.append(generator.arch.depth)
+        value = measure(self, generator)
+        if len(evaluated) == 3:  # d=2 at step 10
+            os.kill(os.getpid(), signal.SIGTERM)
+        return value
+
+    monkeypatch.setattr(Monitor, "__call__", stopped_during_the_third)
+    with pytest.raises(RunInterrupted, match="stopped by SIGTERM at step 10"):
+        train_many(configs("run"))
+    assert evaluated == [2, 4, 2]
+    run = [Path(c.out) for c in configs("run")]
+    assert read_checkpoint(run[1] / "checkpoints" / "last.safetensors")[1]["eval_pending"] is True
+    assert "eval_pending" not in read_checkpoint(run[0] / "checkpoints" / "last.safetensors")[1]
+    monkeypatch.undo()
+    train_many(configs("run"), resume=True)
+    for r, f in zip(run, full):
+        assert_same(r, f)
+        timing = ("elapsed_s", "images_per_s")
+        logged = [[v for k, v in row.items() if k not in timing] for row in csv.DictReader((r / "metrics.csv").open())]
+        expected = [[v for k, v in row.items() if k not in timing] for row in csv.DictReader((f / "metrics.csv").open())]
+        assert logged == expected
+        meta, expected_meta = read_checkpoint(r / "generator.safetensors")[1], read_checkpoint(f / "generator.safetensors")[1]
+        assert (meta["step"], meta["stopped"], meta["plateau"]) == (expected_meta["step"], expected_meta["stopped"], expected_meta["plateau"])
+        assert meta["step"] == (15 if min_delta == 0 else 10)
