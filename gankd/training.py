@@ -281,6 +281,7 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
             return None
         m.history = {}
         return means
+
     objective_of = objective(base)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=base.precision == "bf16")
     critic_steps = base.resolved("critic_steps", "critic") if base.adversarial else 0
@@ -501,13 +502,14 @@ class MetricsLog:
 
     def fill(self, step: int, monitored: float) -> None:
         """Put the monitor's value into the row of ``step``: an evaluation a stop deferred to the resumed run."""
-        if not (self.enabled and self.monitor and self.path.exists()):
+        column = f"val_{self.monitor}"
+        if not (self.enabled and self.columns and column in self.columns):
             return
         with self.path.open(newline="") as f:
             rows = list(csv.DictReader(f))
         for row in rows:
             if int(row["step"]) == step:
-                row[f"val_{self.monitor}"] = f"{monitored:.6g}"
+                row[column] = f"{monitored:.6g}"
         self._rewrite(rows)
 
 
