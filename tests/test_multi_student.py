@@ -191,8 +191,8 @@ def test_a_stop_during_an_evaluation_defers_the_next_and_the_resumed_run_is_the_
     for r, f in zip(run, full):
         assert_same(r, f)
         timing = ("elapsed_s", "images_per_s")
-        logged = [[v for k, v in row.items() if k not in timing] for row in csv.DictReader((r / "metrics.csv").open())]
-        expected = [[v for k, v in row.items() if k not in timing] for row in csv.DictReader((f / "metrics.csv").open())]
+        logged = [[v for k, v in row.items() if k not in timing] for row in csv.DictReader((r / "metrics.csv").read_text().splitlines())]
+        expected = [[v for k, v in row.items() if k not in timing] for row in csv.DictReader((f / "metrics.csv").read_text().splitlines())]
         assert logged == expected
         meta, expected_meta = read_checkpoint(r / "generator.safetensors")[1], read_checkpoint(f / "generator.safetensors")[1]
         assert (meta["step"], meta["stopped"], meta["plateau"]) == (expected_meta["step"], expected_meta["stopped"], expected_meta["plateau"])
