@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +20,13 @@ from typing import Iterator
 from gankd.errors import FolderBusy, GankdError
 
 LOCK_NAME = ".gankd.lock"  # in every run folder; holds the owner's pid
+
+
+def file_sha256(path: str | Path) -> str:
+    """The file's SHA-256: what a cache is keyed by when it must survive a copy or a git clone
+    (which give every file a new modification time)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:

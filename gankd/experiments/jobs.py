@@ -26,7 +26,7 @@ from gankd.checkpoint import load_generator
 from gankd.config import RunConfig
 from gankd.data import SPLITS
 from gankd.errors import EXIT_BUSY, EXIT_INTERRUPTED, GankdError
-from gankd.files import atomic_write_bytes
+from gankd.files import atomic_write_bytes, file_sha256
 from gankd.metrics.registry import METRICS
 from gankd.training import finished
 
@@ -204,14 +204,15 @@ def loaded_teacher(path: Path, mtime_ns: int, device: str) -> tuple[Any, dict[st
 def evaluate_model(model: Model, metrics: list[str], samples: int, seed: int, device: Any, teacher: Model | None,
                    data_root: str | None = None) -> dict[str, Any]:
     """``metrics`` of one model, cached in its run folder's eval.json (keyed by the metrics, sample
-    count, seed and the generator file's modification time)."""
+    count and seed; valid while the generator file, and the teacher's for a student, have the
+    contents they were scored with, so a fresh clone re-evaluates nothing)."""
     from gankd.metrics.evaluate import evaluate, json_ready
 
     if model.method not in STUDENT_METHODS:
         metrics = [m for m in metrics if m != "fidelity"]
     cache = model.run_dir / "eval.json"
     key = evaluation_key(metrics, samples, seed)
-    stamp = model.checkpoint.stat().st_mtime_ns
+    stamp = {"checkpoint_sha256": file_sha256(model.checkpoint), **({"teacher_sha256": file_sha256(teacher.checkpoint)} if teacher else {})}
     cached: dict[str, Any] = {}
     if cache.exists():
         try:
@@ -219,13 +220,13 @@ def evaluate_model(model: Model, metrics: list[str], samples: int, seed: int, de
         except json.JSONDecodeError:
             cached = {}
         entry = cached.get(key)
-        if isinstance(entry, dict) and entry.get("checkpoint_mtime_ns") == stamp:
+        if isinstance(entry, dict) and all(entry.get(name) == value for name, value in stamp.items()):
             return entry["results"]
     generator, meta = load_generator(model.checkpoint, device)
     teacher_net, teacher_meta = loaded_teacher(teacher.checkpoint, teacher.checkpoint.stat().st_mtime_ns, str(device)) if teacher else (None, None)
     results = json_ready(evaluate(generator, meta, metrics, samples, device, teacher=teacher_net, teacher_meta=teacher_meta,
                                   data_root=data_root, seed=seed))
-    cached[key] = {"checkpoint_mtime_ns": stamp, "results": results}
+    cached[key] = {**stamp, "results": results}
     atomic_write_bytes(cache, (json.dumps(cached, indent=2) + "\n").encode())
     return results
 
