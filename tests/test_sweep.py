@@ -219,6 +219,71 @@ def test_students_start_before_regular_gans_and_joint_ones_as_soon_as_their_mse_
     assert set(started[6:8]) == {"regular/dcgan-c8/s0", "regular/dcgan-c4/s0"} and len(started) == 9  # then seed 1 of the recipe chosen at both depths
 
 
+def test_a_stop_while_the_first_seed_is_scored_ends_the_sweep_at_once(mnist_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Choosing the regular recipe scores every first-seed GAN (minutes each): SIGTERM there must
+    not wait for the scoring to end, nor start the other seeds."""
+    import signal
+    import time
+
+    import gankd.experiments.sweep as sweep
+
+    spec = {**json.loads(json.dumps(TINY)), "teacher": {"checkpoint": str(mnist_teacher)}}
+    plan = Plan(spec, tmp_path, "tiny")
+    started: list[str] = []
+
+    def run_job(job, threads: int, children) -> None:
+        started.append(job.name)
+        job.status = "done"
+        for model in job.models:
+            model.status = "done"
+
+    def evaluate_model(model, *args, **kwargs) -> dict:  # a long evaluation, stopped in its first second
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        raise AssertionError("the evaluation ran on after SIGTERM")
+
+    monkeypatch.setattr(sweep, "run_job", run_job)
+    monkeypatch.setattr(sweep, "evaluate_model", evaluate_model)
+    with pytest.raises(GankdError, match="sweep stopped by SIGTERM.*run the same command again to resume"):
+        sweep.train_all(plan, sweep.evaluation_settings(spec), parallel=1, threads=1)
+    assert "regular/dcgan-c8/s0" in started and not [name for name in started if name.startswith("regular/") and name.endswith("/s1")]
+
+
+def test_scores_are_cached_by_content_so_a_clone_reuses_them_and_a_retrained_model_or_teacher_does_not(
+        mnist_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import gankd.metrics.evaluate as evaluate_module
+    from gankd.checkpoint import read_checkpoint, save_checkpoint
+    from gankd.experiments.jobs import Model, evaluate_model
+
+    calls: list[bool] = []
+
+    def evaluate(generator, meta, metrics, samples, device, teacher=None, **kwargs) -> dict:
+        calls.append(teacher is not None)
+        return {"metrics": {"is": {"mean": 5.0 + len(calls)}}}
+
+    monkeypatch.setattr(evaluate_module, "evaluate", evaluate)
+    student = Model("mse", 16, 0, tmp_path / "mse" / "d16" / "generator.safetensors")
+    teacher = Model("teacher", 16, 0, tmp_path / "teacher" / "generator.safetensors")
+    for model in (student, teacher):
+        model.run_dir.mkdir(parents=True)
+        shutil.copy(mnist_teacher, model.checkpoint)
+
+    def score() -> float:
+        return evaluate_model(student, ["is", "fidelity"], 100, 0, "cpu", teacher)["metrics"]["is"]["mean"]
+
+    assert score() == 6.0 and score() == 6.0 and len(calls) == 1
+    for model in (student, teacher):  # what a git clone does: the same bytes, new modification times
+        os.utime(model.checkpoint, ns=(1_000_000_000, 1_000_000_000))
+    assert score() == 6.0 and len(calls) == 1
+    for model, expected in ((student, 7.0), (teacher, 8.0)):  # retrained: other weights in the same file
+        tensors, meta = read_checkpoint(model.checkpoint)
+        save_checkpoint(model.checkpoint, {k: v + 0.01 if v.is_floating_point() else v for k, v in tensors.items()}, meta)
+        assert score() == expected
+    assert calls == [True, True, True]
+
+
 def test_the_sweep_says_when_jobs_start_and_end_and_where_running_ones_are(mnist_teacher: Path, tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     import time

@@ -24,6 +24,7 @@ where each running job is (steps, rate, ETA from its train.log).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -214,7 +215,14 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int, threads: int 
     bar = progress(sum(j.status != "done" for j in plan.jobs), "sweep jobs", "job")
     ready: list[Job] = [plan.teacher]  # jobs whose inputs exist; started in the order of plan.jobs
     children = Children()
-    with stop_requests(children.stop) as stop, ThreadPoolExecutor(max_workers=parallel) as pool:
+    scoring = {"now": False}  # the recipe choice's evaluations (minutes each) end at once on a stop
+
+    def on_signal(signum: int) -> None:
+        children.stop(signum)
+        if scoring["now"]:
+            raise StopScoring
+
+    with contextlib.suppress(StopScoring), stop_requests(on_signal) as stop, ThreadPoolExecutor(max_workers=parallel) as pool:
         running: dict[Future, Job] = {}
 
         def add(jobs: list[Job]) -> None:
@@ -244,7 +252,11 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int, threads: int 
                         skip(job, f"{first.name} did not finish")
             if plan.first_seed_regular and not regular_chosen and all(j.status in ("done", "failed") for j in plan.first_seed_regular):
                 regular_chosen = True
-                new = choose_regular(plan, settings)
+                scoring["now"] = True
+                try:
+                    new = choose_regular(plan, settings)
+                finally:
+                    scoring["now"] = False
                 bar.total += len(new)
                 add(new)
             while ready and len(running) < parallel and not stop:
@@ -270,6 +282,11 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int, threads: int 
     if stop:
         raise GankdError(f"sweep stopped by {signal.Signals(stop['signal']).name}: finished models are kept and running ones "
                          "checkpointed; run the same command again to resume")
+
+
+class StopScoring(Exception):
+    """Raised by the stop handler inside the recipe choice's evaluations: a model's scores are
+    written only when complete, so dropping one loses nothing but its minutes."""
 
 
 def choose_regular(plan: Plan, settings: dict[str, Any]) -> list[Job]:
