@@ -64,6 +64,8 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     assert (out / "runs" / "mse" / "s0" / "d2" / "generator.safetensors").stat().st_mtime == mse_mtime
     status = json.loads((out / "status.json").read_text())
     assert all(v["status"] == "done" for v in status.values()), status
+    # a third call finds everything finished, the other seeds of the chosen recipes too: it starts nothing
+    assert ": started" not in run_gankd("sweep", str(tmp_path / "tiny.json"), "--out", str(out)).stderr
 
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))

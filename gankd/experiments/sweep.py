@@ -257,7 +257,9 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int, threads: int 
                     new = choose_regular(plan, settings)
                 finally:
                     scoring["now"] = False
-                bar.total += len(new)
+                for job in new:  # the other seeds may have finished in an earlier call
+                    refresh(job)
+                bar.total += sum(job.status != "done" for job in new)
                 add(new)
             while ready and len(running) < parallel and not stop:
                 job = min(ready, key=plan.jobs.index)
