@@ -195,8 +195,8 @@ def run_sweep(config_path: Path, out: Path, parallel: int = 1, train: bool = Tru
     else:
         for job in plan.jobs:
             refresh(job)
-        for job in choose_regular(plan, settings) if plan.first_seed_regular else []:  # among the models finished so far
-            refresh(job)
+        if plan.first_seed_regular:
+            choose_regular(plan, settings)  # among the models finished so far
     evaluate_all(plan, settings)
     status = {job.name: {"status": job.status, **({"error": job.error} if job.error else {})} for job in plan.jobs}
     atomic_write_bytes(out / "status.json", (json.dumps(status, indent=2) + "\n").encode())
@@ -257,8 +257,6 @@ def train_all(plan: Plan, settings: dict[str, Any], parallel: int, threads: int 
                     new = choose_regular(plan, settings)
                 finally:
                     scoring["now"] = False
-                for job in new:  # the other seeds may have finished in an earlier call
-                    refresh(job)
                 bar.total += sum(job.status != "done" for job in new)
                 add(new)
             while ready and len(running) < parallel and not stop:
@@ -293,7 +291,8 @@ class StopScoring(Exception):
 
 def choose_regular(plan: Plan, settings: dict[str, Any]) -> list[Job]:
     """Score the first seed's regular GANs on the primary metric and return the jobs that train
-    the recipe chosen at each depth at the other seeds."""
+    the recipe chosen at each depth at the other seeds, refreshed (done where an earlier call
+    finished them)."""
     score = {}
     for job in plan.first_seed_regular:
         for model in job.models:
@@ -301,7 +300,10 @@ def choose_regular(plan: Plan, settings: dict[str, Any]) -> list[Job]:
                 model.evaluation = evaluate_model(model, settings["metrics"], settings["samples"], settings["seed"],
                                                   resolve_device(settings["device"]), None)
                 score[(job.recipe, model.depth)] = metric_value(model.evaluation, settings["primary"])
-    return plan.choose_recipes(score, QUALITY[settings["primary"]].higher_is_better)
+    jobs = plan.choose_recipes(score, QUALITY[settings["primary"]].higher_is_better)
+    for job in jobs:  # the other seeds may have finished in an earlier call
+        refresh(job)
+    return jobs
 
 
 def evaluate_all(plan: Plan, settings: dict[str, Any]) -> None:
