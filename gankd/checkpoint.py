@@ -34,7 +34,7 @@ from torch import nn
 
 from gankd.errors import GankdError
 from gankd.files import atomic_write_bytes
-from gankd.models import Architecture, Generator, count_parameters
+from gankd.models import Architecture, Critic, Generator, count_parameters
 from gankd.onnx_generator import load_onnx_generator, looks_like_onnx
 
 FORMAT = "gankd-checkpoint"
@@ -244,6 +244,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", latent_
         if looks_like_onnx(file.read(16)):
             return load_onnx_generator(path)
     tensors, meta = read_checkpoint(path)
+    if meta.get("kind") == "critic":
+        raise GankdError(f"{path}: a run's critic, not a generator (the generator is {path.parent / 'generator.safetensors'})")
     if "arch" not in meta:
         raise GankdError(f"{path}: checkpoint metadata has no architecture")
     try:
@@ -257,6 +259,39 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", latent_
     generator.load_state_dict(state)
     meta = {**meta, "path": str(path), "parameters": count_parameters(generator)}
     return generator.to(device).eval(), meta
+
+
+def save_critic(path: Path, critic: nn.Module, run_meta: dict[str, Any]) -> None:
+    """The critic of a finished run beside its generator (``critic.safetensors``): what a student
+    needs to use the teacher's own critic (``gankd distill --critic``). Weights and metadata only."""
+    meta = {**run_meta, "kind": "critic", "critic_arch": critic.arch.to_dict(), "batch_norm": critic.batch_norm}
+    meta.pop("arch", None)
+    save_checkpoint(path, prefixed("critic", critic.state_dict()), meta)
+
+
+def load_critic(path: str | Path, image_size: int | None = None, channels: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A critic saved by :func:`save_critic`, refused in one line when it judges images of another
+    shape than ``image_size`` x ``image_size`` x ``channels`` (None: any)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GankdError(f"{path}: no such file")
+    tensors, meta = read_checkpoint(path)
+    if meta.get("kind") != "critic" or "critic_arch" not in meta:
+        raise GankdError(f"{path}: not a critic file (a finished gan run writes one as critic.safetensors)")
+    try:
+        arch = Architecture.from_dict(meta["critic_arch"])
+    except (GankdError, TypeError) as exc:
+        raise GankdError(f"{path}: bad critic architecture in metadata ({exc})") from None
+    wanted = (image_size or arch.image_size, channels or arch.channels)
+    if (arch.image_size, arch.channels) != wanted:
+        raise GankdError(f"{path}: the critic judges {arch.channels}x{arch.image_size}x{arch.image_size} images, "
+                         f"the student makes {wanted[1]}x{wanted[0]}x{wanted[0]}")
+    state = unprefixed("critic", tensors)
+    with torch.device("meta"):
+        check_state(Critic(arch, bool(meta.get("batch_norm"))), state, str(path), "critic")
+    critic = Critic(arch, bool(meta.get("batch_norm")))
+    critic.load_state_dict(state)
+    return critic, {**meta, "path": str(path), "parameters": count_parameters(critic)}
 
 
 def _load_torchscript_generator(path: Path, device: torch.device, latent_dim: int | None) -> tuple[nn.Module, dict[str, Any]]:

@@ -100,6 +100,9 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("lr", {"type": _float_in(0, open_low=True)}, "Adam learning rate (default: the loss's)"),
     ("betas", {"type": _float_in(0, 0.999999), "nargs": 2, "metavar": ("B1", "B2")}, "Adam betas (default: the loss's)"),
     ("critic_steps", {"type": _int_at_least(1)}, "critic steps per generator step (default: the loss's)"),
+    ("ema_kimg", {"type": _float_in(0)}, "keep an exponential moving average of the generator's weights with this "
+                                          "half-life in thousands of images (stylegan2-ada's G_ema; 10 is its default), and "
+                                          "deliver, monitor and sample the average; 0 = none"),
     ("seed", {"type": _int_at_least(0, MAX_SEED)}, "random seed (weights, latents, data order)"),
     ("device", {}, "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"),
     ("log_every", {"type": _int_at_least(1)}, "steps between rows of metrics.csv"),
@@ -233,9 +236,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def describe_checkpoint(path: str) -> dict[str, Any]:
     """What `gankd info` prints: architecture, size, cost and compression against the teacher."""
-    from gankd.checkpoint import load_generator
+    from gankd.checkpoint import load_critic, load_generator, read_checkpoint
     from gankd.metrics.cost import generator_multiply_adds
 
+    if Path(path).suffix == ".safetensors" and read_checkpoint(path)[1].get("kind") == "critic":
+        critic, meta = load_critic(path)
+        return {"file": path, "file_bytes": Path(path).stat().st_size, "format": "gankd critic", "architecture": meta["critic_arch"],
+                "batch_norm": meta["batch_norm"], "parameters": meta["parameters"], "step": meta.get("step"),
+                "loss": meta.get("loss"), "dataset": meta.get("dataset")}
     generator, meta = load_generator(path)
     arch = meta["arch"]
     info = {

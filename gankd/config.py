@@ -79,6 +79,7 @@ class RunConfig:
     lr: float | None = None
     betas: tuple[float, float] | None = None
     critic_steps: int | None = None
+    ema_kimg: float = 0.0  # half-life of the generator's weight average in thousands of images (gankd/ema.py); 0 = none
     # convergence (gankd/convergence.py): stop on a plateau of a held-out monitor
     patience: int | None = None  # evaluations without improvement before stopping; None = run all steps
     eval_every: int = 500  # steps between monitor evaluations
@@ -160,6 +161,7 @@ class RunConfig:
         check(self.r1_gamma is None or self.r1_gamma >= 0, f"r1 gamma must be >= 0, got {self.r1_gamma}")
         check(not self.r1_gamma or self.loss == "dcgan", "--r1-gamma is a penalty of the dcgan loss; WGAN-GP has its gradient penalty (--gp-lambda)")
         check(self.lr is None or self.lr > 0, f"learning rate must be > 0, got {self.lr}")
+        check(self.ema_kimg >= 0, f"ema kimg must be >= 0, got {self.ema_kimg}")
         check(self.critic_steps is None or self.critic_steps >= 1, f"critic steps must be >= 1, got {self.critic_steps}")
         check(self.betas is None or (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
               f"betas must be two numbers in [0, 1), got {self.betas}")

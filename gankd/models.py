@@ -257,7 +257,7 @@ class Critic(nn.Module):
 
     def __init__(self, arch: Architecture, batch_norm: bool):
         super().__init__()
-        self.arch = arch
+        self.arch, self.batch_norm = arch, batch_norm
         d, L = arch.depth, arch.num_blocks
         layers: list[nn.Module] = [nn.Conv2d(arch.channels, d, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         width = d

@@ -38,6 +38,7 @@ from gankd import checkpoint as ckpt
 from gankd.config import RunConfig
 from gankd.convergence import Plateau, build_monitor, resolve_monitor
 from gankd.data import ImageData, load_dataset, to_unit_range
+from gankd.ema import WeightAverage
 from gankd.errors import GankdError, RunDiverged, RunInterrupted
 from gankd.imaging import save_comparison, save_grid
 from gankd.losses import GeneratorObjective, critic_loss
@@ -143,6 +144,12 @@ class Member:
     eval_pending: bool = False  # a stop came when an evaluation was due: the resumed run makes it first
     history: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     saved_rng: tuple[torch.Tensor, torch.Tensor] | int | None = None  # shared streams' states, or a seed for fresh ones
+    average: WeightAverage | None = None  # the generator's weight average (--ema-kimg), which is what the run delivers
+
+    @property
+    def delivered(self) -> Generator:
+        """The generator the run is judged by and ships: the weight average when there is one."""
+        return self.average.averaged() if self.average is not None else self.generator
 
     @property
     def run_dir(self) -> Path:
@@ -186,7 +193,9 @@ def build_member(cfg: RunConfig, rt: Runtime, memory_format: torch.memory_format
         # compiled (AOTAutograd) graphs do not support.
         d_train = torch.compile(d_train, options=options) if d_train is not None and cfg.loss != "wgan-gp" else d_train
     plateau = Plateau(cfg.patience, cfg.min_delta, higher_is_better) if cfg.patience and higher_is_better is not None else None
-    return Member(cfg, generator, critic, opt_g, opt_d, g_train, d_train, MetricsLog(Path(cfg.out) / "metrics.csv", enabled=rt.is_main), plateau)
+    average = WeightAverage(generator, cfg.ema_kimg, cfg.batch_size) if cfg.ema_kimg else None
+    return Member(cfg, generator, critic, opt_g, opt_d, g_train, d_train, MetricsLog(Path(cfg.out) / "metrics.csv", enabled=rt.is_main),
+                  plateau, average=average)
 
 
 def initialise(generator: Generator, path: str) -> None:
@@ -263,7 +272,9 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
         m.status, m.stop_reason = "done", reason
         if rt.is_main:
             export_generator(m, at, seconds, teacher)
-            write_samples(m.run_dir / "samples.png", m.generator, teacher, sample_z, sample_teacher)
+            if m.critic is not None:
+                ckpt.save_critic(m.run_dir / "critic.safetensors", m.critic, run_metadata(m, at, seconds, teacher))
+            write_samples(m.run_dir / "samples.png", m.delivered, teacher, sample_z, sample_teacher)
         save_training_checkpoint(m, rt, at, seconds, noise_rng, index_rng, teacher)
 
     def judge(m: Member, value: float, at: int, seconds: float) -> None:
@@ -306,7 +317,7 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
         if m.eval_pending and m.status != "done":
             m.eval_pending = False
             if monitor is not None:
-                value = monitor(m.generator)
+                value = monitor(m.delivered)
                 m.logger.fill(m.step, value)
                 judge(m, value, m.step, elapsed)
     cap = max(m.cfg.steps for m in members)
@@ -346,6 +357,8 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
             # the critic's weights get none (and, under DDP, trigger no all-reduce).
             fake.backward(grad.to(fake.dtype))
             m.opt_g.step()
+            if m.average is not None:
+                m.average.update(m.generator, step, batch * rt.world_size)
             record(m.history, {**step_stats[id(m)], **stats})
             m.step = step + 1
         step += 1
@@ -371,7 +384,7 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
             if interrupted and not at_end:
                 m.eval_pending = True
             else:
-                values[id(m)] = monitor(m.generator)
+                values[id(m)] = monitor(m.delivered)
         # ---- logs, samples, stopping rules, checkpoints
         now = time.perf_counter()
         run_elapsed = elapsed + now - interval_start
@@ -390,7 +403,7 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
                 if len(members) == 1:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in means.items() if k in ("d_loss", "g_loss", "mse_pixel")})
             if rt.is_main and step % m.cfg.sample_every == 0:
-                write_samples(m.run_dir / "samples" / f"step_{step:07d}.png", m.generator, teacher, sample_z, sample_teacher)
+                write_samples(m.run_dir / "samples" / f"step_{step:07d}.png", m.delivered, teacher, sample_z, sample_teacher)
             if value is not None:
                 judge(m, value, step, run_elapsed)
             if m.status == "done":  # the plateau ended it
@@ -543,6 +556,7 @@ def run_metadata(m: Member, step: int, elapsed: float, teacher: Teacher | None) 
         "uses_data": cfg.adversarial,
         "loss": cfg.loss if cfg.adversarial else "mse",
         "seed": cfg.seed,
+        "ema_kimg": cfg.ema_kimg,
         "config": cfg.to_dict(),
     }
     if m.plateau is not None:
@@ -567,6 +581,8 @@ def save_training_checkpoint(m: Member, rt: Runtime, step: int, elapsed: float, 
     tensors.update(opt_tensors)
     meta = run_metadata(m, step, elapsed, teacher)
     meta.update(opt_g_groups=g_groups, world_size=rt.world_size)
+    if m.average is not None:
+        tensors.update(ckpt.prefixed("ema", m.average.state_dict()))
     if m.critic is not None:
         tensors.update(ckpt.prefixed("critic", m.critic.state_dict()))
         opt_tensors, d_groups = ckpt.optimizer_to_tensors(m.opt_d, "opt_d")
@@ -586,6 +602,8 @@ def restore(m: Member, rt: Runtime) -> float:
         raise GankdError(f"{path}: its architecture {meta.get('arch')} is not the run's {m.generator.arch.to_dict()}")
     ckpt.load_state(m.generator, ckpt.unprefixed("generator", tensors), str(path))
     ckpt.optimizer_from_tensors(m.opt_g, tensors, meta["opt_g_groups"], "opt_g")
+    if m.average is not None:
+        m.average.load_parameters(ckpt.unprefixed("ema", tensors), str(path))
     if m.critic is not None:
         ckpt.load_state(m.critic, ckpt.unprefixed("critic", tensors), str(path))
         ckpt.optimizer_from_tensors(m.opt_d, tensors, meta["opt_d_groups"], "opt_d")
@@ -603,8 +621,9 @@ def restore(m: Member, rt: Runtime) -> float:
 
 
 def export_generator(m: Member, step: int, elapsed: float, teacher: Teacher | None) -> None:
-    """The shippable artefact: generator weights and metadata only (no critic, no optimiser)."""
-    ckpt.save_checkpoint(m.run_dir / "generator.safetensors", ckpt.prefixed("generator", m.generator.state_dict()),
+    """The shippable artefact: generator weights and metadata only (no critic, no optimiser); the
+    weight average when the run keeps one."""
+    ckpt.save_checkpoint(m.run_dir / "generator.safetensors", ckpt.prefixed("generator", m.delivered.state_dict()),
                          run_metadata(m, step, elapsed, teacher))
 
 

@@ -221,3 +221,23 @@ def test_torchscript_generator_with_nan_weights_is_refused(tmp_path: Path) -> No
     torch.jit.script(generator).save(str(path))
     with pytest.raises(GankdError, match="NaN or infinite images"):
         load_generator(path)
+
+
+def test_a_finished_gan_run_leaves_its_critic_which_loads_and_refuses_another_image_shape(tmp_path: Path) -> None:
+    from gankd.checkpoint import load_critic
+    from gankd.config import RunConfig
+    from gankd.training import train
+
+    run = train(RunConfig(out=str(tmp_path / "gan"), depth=4, critic_depth=4, loss="dcgan", steps=3, log_every=3, batch_size=8))
+    critic, meta = load_critic(run / "critic.safetensors", image_size=32, channels=1)
+    tensors, _ = read_checkpoint(run / "checkpoints" / "last.safetensors")
+    for name, tensor in critic.state_dict().items():
+        assert torch.equal(tensor, tensors[f"critic.{name}"]), name
+    assert meta["critic_arch"]["depth"] == 4 and meta["loss"] == "dcgan"
+    with pytest.raises(GankdError, match=r"judges 1x32x32 images, the student makes 3x64x64") as err:
+        load_critic(run / "critic.safetensors", image_size=64, channels=3)
+    assert "\n" not in str(err.value)
+    with pytest.raises(GankdError, match="a run's critic, not a generator"):
+        load_generator(run / "critic.safetensors")
+    with pytest.raises(GankdError, match="not a critic file"):
+        load_critic(run / "generator.safetensors")
