@@ -4,10 +4,15 @@ out with the weights that the code before the distillation-term registry gave (i
 The reference (tests/reference/distill_students.safetensors) was written by ``write_reference``
 below with gankd at commit 2864642. Its teacher is an untrained d=4 generator made from a fixed
 torch seed (platform-independent), its data the vendored MNIST, so nothing is downloaded or
-trained first. On the machine that wrote it the weights match bit for bit; the tolerance only
-allows for another CPU's kernels (other SIMD width: last-bit differences that 12 Adam steps carry),
-far below what a changed loss, weight or order of random draws does (checked: alpha 0.5 -> 0.49
-moves the joint student's first-layer weights by up to 9e-3).
+trained first. On the machine that wrote it the weights match bit for bit at one thread.
+
+Compared are the weights that shape the generator's function. Left out are the biases of the
+convolutions that a BatchNorm follows, and that BatchNorm's running mean: the (affine-free)
+BatchNorm subtracts them, so their exact gradient is zero and Adam turns rounding noise into
+lr-sized steps. Another thread count or CPU moves them by up to 9e-3 (measured: 2 threads against
+the 1-thread reference) while every other weight moves by less than 2e-7. The tolerance allows for
+those kernels, far below what a changed loss, weight or order of random draws does (checked:
+alpha 0.5 -> 0.49 moves the joint student's first-layer weights by up to 9e-3).
 """
 
 from __future__ import annotations
@@ -39,6 +44,16 @@ def students(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def cancelled_by_batchnorm(generator: Generator) -> set[str]:
+    """State-dict names that a following BatchNorm subtracts: pre-BN biases and running means."""
+    layers = list(generator.net)
+    names = set()
+    for i, (layer, after) in enumerate(zip(layers, layers[1:])):
+        if isinstance(layer, torch.nn.ConvTranspose2d) and isinstance(after, torch.nn.BatchNorm2d):
+            names |= {f"net.{i}.bias", f"net.{i + 1}.running_mean"}
+    return names
+
+
 def write_reference(folder: Path) -> None:
     save_checkpoint(REFERENCE, students(folder), {"written_by": "tests/test_refactor_invariance.py"})
 
@@ -47,5 +62,10 @@ def test_fixed_seed_mse_and_joint_students_keep_their_weights(tmp_path: Path) ->
     expected, _ = read_checkpoint(REFERENCE)
     got = students(tmp_path)
     assert set(got) == set(expected)
+    student = Generator(Architecture(depth=2, image_size=32, channels=1, latent_dim=100))
+    noisy = {f"{method}.{name}" for method in METHODS for name in cancelled_by_batchnorm(student)}
+    assert len(noisy) == 2 * 2 * 3  # two students, three BatchNorms each
     for name, tensor in expected.items():
+        if name in noisy:
+            continue
         torch.testing.assert_close(got[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
