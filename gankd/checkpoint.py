@@ -313,3 +313,12 @@ def _load_torchscript_generator(path: Path, device: torch.device, latent_dim: in
     arch = {"depth": None, "image_size": int(out.shape[2]), "channels": int(out.shape[1]), "latent_dim": latent_dim}
     meta = {"format": "torchscript", "path": str(path), "arch": arch, "parameters": count_parameters(module)}
     return module, meta
+
+
+def finished(path: Path, steps: int) -> bool:
+    """Whether ``path`` (a generator.safetensors) is the end of a run of at most ``steps`` steps."""
+    try:
+        meta = read_checkpoint(path)[1]
+    except GankdError:
+        return False
+    return meta.get("step") == steps or (bool(meta.get("stopped")) and meta.get("step", 0) <= steps)

@@ -15,8 +15,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gankd.config import (BALANCES, LOSSES, MAX_BATCH_SIZE, MAX_DEPTH, MAX_LATENT_DIM, MAX_SEED, MONITORS, MSE_REDUCTIONS,
-                          PRECISIONS, RunConfig, read_options)
+from gankd.config import (BALANCES, CHANNELS, DISTILL_METHODS, IMAGE_SIZES, LOSSES, MAX_BATCH_SIZE, MAX_DEPTH, MAX_LATENT_DIM, MAX_SEED,
+                          MONITORS, MSE_REDUCTIONS, PRECISIONS, RunConfig, read_options)
 from gankd.data import DATASETS
 from gankd.errors import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_USAGE, FolderBusy, GankdError, RunInterrupted, UsageError
 from gankd.progress import set_quiet
@@ -75,20 +75,22 @@ def _depths(text: str) -> list[int]:
     return depths
 
 
-# Options shared by `train` and `distill`: (flag, RunConfig field, argparse kwargs, help).
+# Options shared by `train` and `distill`: (RunConfig field, argparse kwargs, help); the flag is the field's name.
 RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("out", {}, "run folder: config.json, metrics.csv, samples/, checkpoints/, generator.safetensors"),
     ("dataset", {"choices": DATASETS}, "training data format"),
     ("data", {}, "dataset root folder (default for mnist: the MNIST shipped in data/mnist; "
                  "for fashion-mnist: $GANKD_DATA/fashion-mnist, $GANKD_DATA defaulting to data/)"),
-    ("image_size", {"type": int, "choices": (32, 64, 128)}, "image size S (default: the teacher's, else 32)"),
-    ("channels", {"type": int, "choices": (1, 3)}, "image channels (default: the teacher's, else the data's)"),
+    ("image_size", {"type": int, "choices": IMAGE_SIZES}, "image size S (default: the teacher's, else 32)"),
+    ("channels", {"type": int, "choices": CHANNELS}, "image channels (default: the teacher's, else the data's)"),
     ("depth", {"type": _int_at_least(1, MAX_DEPTH)}, "generator depth d (channels of the last hidden layer)"),
     ("critic_depth", {"type": _int_at_least(1, MAX_DEPTH)}, "critic depth (default: the generator's depth; with the dcgan loss "
                                                             "at most 32, 16, 8 at 32, 64, 128 pixels, so that the critic does not win outright)"),
     ("init", {}, "start from the weights of this gankd generator of the same architecture (fine-tuning, e.g. a joint "
                  "student from an MSE one; with several depths, {depth} in the path stands for each one's); a run resumed "
                  "from its checkpoint ignores it"),
+    ("critic_init", {}, "start the critic from this critic.safetensors, e.g. the teacher's (a finished GAN run writes one); "
+                        "its depth and loss must be the run's"),
     ("latent_dim", {"type": _int_at_least(1, MAX_LATENT_DIM)}, "latent size (default: the teacher's, else 100)"),
     ("loss", {"choices": LOSSES}, "adversarial loss: wgan-gp (lambda 10, 5 critic steps, Adam 1e-4 (0.5, 0.9)) "
                                   "or dcgan (non-saturating, 1 critic step, Adam 2e-4 (0.5, 0.999))"),
@@ -122,8 +124,9 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
 DISTILL_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("teacher", {}, "teacher: a gankd checkpoint, or your own generator as an ONNX file (recommended: loading runs no "
                     "code) or a TorchScript file (code you trust), mapping (N, latent) to (N, C, S, S) images in [-1, 1]"),
-    ("method", {"choices": ("mse", "joint")}, "mse: (pixel) MSE to the teacher, no data; joint: MSE plus an adversarial "
-                                              "term from a critic trained on real data (see --alpha, --balance)"),
+    ("method", {"choices": DISTILL_METHODS}, "mse: the distillation terms alone (pixel MSE by default), no data; joint: "
+                                             "those plus an adversarial term from a critic trained on real data (its options: alpha, balance)"),
+    ("teacher_critic", {}, "the teacher's critic.safetensors (in its run folder), for the perceptual term"),
     ("alpha", {"type": _float_in(0, 1)}, "joint: the adversarial term's weight in [0, 1]; 0 is pure MSE, 1 pure adversarial"),
     ("balance", {"choices": BALANCES}, "joint: gradient = alpha is the critic's share of the pull on the images "
                                        "(scale-free); none = the paper's formula, (1 - alpha) MSE + alpha adv"),
@@ -142,12 +145,33 @@ def _add_run_options(parser: argparse.ArgumentParser, options: list[tuple[str, d
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=text + shown, **kwargs)
 
 
+def _add_term_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--<term>-weight`` flag per registered distillation term (gankd/losses.py)."""
+    from gankd.losses import DEFAULT_TERMS, DISTILLATION_TERMS
+
+    group = parser.add_argument_group("distillation terms", "the student minimises the weighted sum of these (0 = off); in a "
+                                      "config file: \"terms\": {\"name\": weight}")
+    for term in DISTILLATION_TERMS.values():
+        default = DEFAULT_TERMS.get(term.name, 0)
+        group.add_argument(f"--{term.name}-weight", dest=f"{TERM_FLAG}{term.name}", type=_float_in(0), default=None, metavar="W",
+                           help=f"{term.help} (default: {default:g})")
+
+
+TERM_FLAG = "term_weight:"  # argparse dest prefix of the distillation terms' weights
+
+
+def term_flags(args: argparse.Namespace) -> dict[str, float]:
+    """The distillation terms' weights given as flags: term name -> weight."""
+    return {k[len(TERM_FLAG):]: v for k, v in vars(args).items() if k.startswith(TERM_FLAG) and v is not None}
+
+
 def _run_parser(sub: argparse._SubParsersAction, name: str, text: str, distill: bool) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=text, description=text)
     parser.add_argument("--config", type=Path, help="JSON file of run options (keys as in config.json); flags override it")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     if distill:
-        _add_run_options(parser, DISTILL_OPTIONS, {"method": ({"choices": ("mse", "joint")}, "mse")})
+        _add_run_options(parser, DISTILL_OPTIONS, {"method": ({"choices": DISTILL_METHODS}, "mse")})
+        _add_term_options(parser)
     together = "one teacher pass" if distill else "one process, sharing the real batches"
     _add_run_options(parser, RUN_OPTIONS, {
         "depth": ({"type": _depths, "metavar": "D[,D...]"}, f"64; several, comma-separated, train together in {together}"),
@@ -160,6 +184,7 @@ def config_from_args(args: argparse.Namespace, method: str | None) -> tuple[RunC
     """Build the run config: saved config (resume) or --config file, then flags on top."""
     names = {f.name for f in fields(RunConfig)}
     flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    terms = term_flags(args)
     if args.resume:
         if "out" not in flags:
             raise GankdError("--resume needs --out, the run folder to continue")
@@ -168,6 +193,7 @@ def config_from_args(args: argparse.Namespace, method: str | None) -> tuple[RunC
             saved = RunConfig.load(saved_path)
             changed = {k: v for k, v in flags.items()
                        if k not in ("out", "steps", "device") and getattr(saved, k) != (tuple(v) if k == "betas" else v)}
+            changed.update({f"{name}_weight": w for name, w in terms.items() if saved.terms.get(name, 0) != w})
             if changed:
                 raise GankdError(f"--resume continues the saved run; these options differ from {saved_path}: {sorted(changed)}")
             data = saved.to_dict()
@@ -178,6 +204,8 @@ def config_from_args(args: argparse.Namespace, method: str | None) -> tuple[RunC
     if method is not None:
         base.setdefault("method", method)  # the command's own method, unless the file or a flag names one
     base.update(flags)
+    if terms:
+        base["terms"] = {**base.get("terms", {}), **terms}
     return RunConfig.from_dict(base, str(args.config) if args.config else None), args.resume
 
 
@@ -262,7 +290,8 @@ def describe_checkpoint(path: str) -> dict[str, Any]:
     if teacher:
         info["teacher"] = teacher["path"]
         info["teacher_parameters"] = teacher["parameters"]
-        info["compression_ratio"] = f"{round(teacher['parameters'] / meta['parameters'])}:1"
+        info["compression_ratio"] = teacher["parameters"] / meta["parameters"]  # a number, as in gankd evaluate's cost
+        info["compression"] = f"{info['compression_ratio']:.0f}:1"
     return info
 
 
@@ -275,6 +304,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     for key, value in info.items():
         if isinstance(value, int) and not isinstance(value, bool):
             value = f"{value:,}"
+        elif isinstance(value, float):
+            value = f"{value:,.1f}"
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         print(f"{key.replace('_', ' '):<{width}}  {value}")
@@ -311,8 +342,10 @@ def cmd_limit(args: argparse.Namespace) -> int:
     from gankd.experiments.limit import find_limit
 
     names = {f.name for f in fields(RunConfig)}
-    options = RunConfig.load(args.config).to_dict() if args.config else {}
+    options = read_options(args.config) if args.config else {}  # the keys it sets; validated with the flags, by each job
     options.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    if term_flags(args):
+        options["terms"] = {**options.get("terms", {}), **term_flags(args)}
     options.setdefault("method", "mse")
     for key in ("out", "depth", "seed"):
         options.pop(key, None)
@@ -399,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="is", help="quality metric: is, fid, kid or cfid (default: is)")
     p.add_argument("--keep", type=_float_in(0, 1, open_low=True), default=0.9, help="fraction of the teacher's quality to keep (default: 0.9)")
     p.add_argument("--samples", type=_int_at_least(10), default=10_000, help="evaluation samples per model (default: 10000)")
-    _add_run_options(p, DISTILL_OPTIONS, {"method": ({"choices": ("mse", "joint")}, "mse")})
+    _add_run_options(p, DISTILL_OPTIONS, {"method": ({"choices": DISTILL_METHODS}, "mse")})
+    _add_term_options(p)
     _add_run_options(p, [o for o in RUN_OPTIONS if o[0] not in ("out", "depth", "seed")], {})
     p.set_defaults(func=cmd_limit)
 

@@ -11,15 +11,20 @@ from __future__ import annotations
 import json
 import types
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from gankd.errors import GankdError, UsageError
 from gankd.files import atomic_write_bytes
+from gankd.losses import DEFAULT_TERMS, DISTILLATION_TERMS
 
 LOSSES = ("wgan-gp", "dcgan")
 METHODS = ("gan", "mse", "joint")  # gan: from scratch (teacher or regular baseline)
+DISTILL_METHODS = ("mse", "joint")  # the students' methods: they need a teacher
+DISTILL_ONLY = ("teacher", "terms", "teacher_critic", "alpha", "balance", "mse_reduction")  # options a GAN ignores
+IMAGE_SIZES = (32, 64, 128)  # the DCGAN family's sizes (gankd/models.py)
+CHANNELS = (1, 3)
 MSE_REDUCTIONS = ("sum", "mean")
 PRECISIONS = ("fp32", "bf16")
 BALANCES = ("gradient", "none")  # joint: how the adversarial term is scaled (gankd/losses.py)
@@ -64,13 +69,16 @@ class RunConfig:
     depth: int = 64
     critic_depth: int | None = None  # None = the generator's depth, capped by DCGAN_CRITIC_DEPTH for the dcgan loss
     init: str | None = None  # start from this gankd generator's weights (same architecture), e.g. an MSE student
+    critic_init: str | None = None  # start the critic from this critic.safetensors (e.g. the teacher's); its depth is the file's
     latent_dim: int | None = None  # None = the teacher's (distillation), else 100
     # objective
     loss: str = "wgan-gp"  # adversarial loss of gan and joint
     gp_lambda: float = 10.0
     r1_gamma: float | None = None  # dcgan: R1 penalty on the critic's slope at real images; None = DCGAN_R1_GAMMA
     teacher: str | None = None  # gankd checkpoint or TorchScript file (distillation)
-    alpha: float = 0.0  # joint: (1 - alpha) * MSE + alpha * w * adversarial (gankd/losses.py)
+    terms: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TERMS))  # distillation terms -> weights (losses.DISTILLATION_TERMS); a term left out keeps its default, 0 = off
+    teacher_critic: str | None = None  # the teacher's critic.safetensors, for the terms that need it ("perceptual")
+    alpha: float = 0.0  # joint: (1 - alpha) * KD + alpha * w * adversarial (gankd/losses.py)
     balance: str = "gradient"  # w: "gradient" (alpha = the critic's share of the pull) or "none" (w = 1, the paper)
     mse_reduction: str = "sum"  # paper: squared L2 norm = sum over pixels, mean over the batch
     # optimisation (None = OPTIMIZER_DEFAULTS of the objective)
@@ -83,7 +91,7 @@ class RunConfig:
     # convergence (gankd/convergence.py): stop on a plateau of a held-out monitor
     patience: int | None = None  # evaluations without improvement before stopping; None = run all steps
     eval_every: int = 500  # steps between monitor evaluations
-    monitor: str = "auto"  # auto, fidelity (students), is (MNIST GANs), none
+    monitor: str = "auto"  # one of MONITORS; auto: fidelity (students), is (MNIST GANs), fid (other GANs)
     min_delta: float = 0.01  # relative improvement that counts as progress
     # bookkeeping
     seed: int = 0
@@ -101,6 +109,7 @@ class RunConfig:
         check_types(self)
         if self.betas is not None:
             self.betas = tuple(self.betas)  # type: ignore[assignment]
+        self.terms = {**DEFAULT_TERMS, **self.terms}
         self.validate()
 
     # -- derived settings ---------------------------------------------------------------
@@ -132,6 +141,13 @@ class RunConfig:
         key = "mse" if self.method != "gan" and network == "generator" else self.loss
         return OPTIMIZER_DEFAULTS[key][name]
 
+    @property
+    def active_terms(self) -> tuple[tuple[str, float], ...]:
+        """The distillation terms with a weight, in registry order; none for a GAN."""
+        if self.method not in DISTILL_METHODS:
+            return ()
+        return tuple((name, float(self.terms[name])) for name in DISTILLATION_TERMS if self.terms.get(name, 0) > 0)
+
     # -- validation and (de)serialisation -----------------------------------------------
     def validate(self) -> None:
         def check(ok: bool, message: str) -> None:
@@ -149,8 +165,8 @@ class RunConfig:
         check(1 <= self.depth <= MAX_DEPTH, f"depth must be in 1..{MAX_DEPTH}, got {self.depth}")
         check(self.critic_depth is None or 1 <= self.critic_depth <= MAX_DEPTH,
               f"critic depth must be in 1..{MAX_DEPTH}, got {self.critic_depth}")
-        check(self.image_size in (None, 32, 64, 128), f"image size must be 32, 64 or 128, got {self.image_size}")
-        check(self.channels in (None, 1, 3), f"channels must be 1 or 3, got {self.channels}")
+        check(self.image_size in (None, *IMAGE_SIZES), f"image size must be one of {IMAGE_SIZES}, got {self.image_size}")
+        check(self.channels in (None, *CHANNELS), f"channels must be one of {CHANNELS}, got {self.channels}")
         check(self.latent_dim is None or 1 <= self.latent_dim <= MAX_LATENT_DIM,
               f"latent size must be in 1..{MAX_LATENT_DIM}, got {self.latent_dim}")
         check(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
@@ -168,10 +184,25 @@ class RunConfig:
         for name in ("log_every", "sample_every", "checkpoint_every", "eval_every"):
             check(getattr(self, name) >= 1, f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
         check(self.divergence_threshold > 0, "divergence threshold must be > 0")
-        if self.method in ("mse", "joint"):
+        for name, weight in self.terms.items():
+            check(name in DISTILLATION_TERMS, f"unknown distillation term {name!r}"
+                  + (f" (did you mean {_closest(name, set(DISTILLATION_TERMS))!r}?)" if _closest(name, set(DISTILLATION_TERMS)) else "")
+                  + f"; the terms are {', '.join(DISTILLATION_TERMS)}")
+            check(weight >= 0, f"the {name} term's weight must be >= 0, got {weight}")
+        if self.method in DISTILL_METHODS:
             check(self.teacher is not None, f"method {self.method!r} needs a teacher (--teacher CKPT)")
+            terms = [DISTILLATION_TERMS[name] for name, _ in self.active_terms]
+            check(bool(terms), "a student needs at least one distillation term with a weight > 0 (e.g. --mse-weight 1)")
+            check(self.teacher_critic is not None or not any("critic" in t.needs for t in terms),
+                  f"the {', '.join(t.name for t in terms if 'critic' in t.needs)} term needs the teacher's critic (--teacher-critic "
+                  "TEACHER_RUN/critic.safetensors)")
+            check(not self.compile or not any("blocks" in t.needs for t in terms),
+                  "the feature term reads block activations through forward hooks, which torch.compile does not keep; drop --compile")
+            check(not (self.adversarial and self.balance == "gradient") or any(t.on_images for t in terms),
+                  "the joint objective's gradient balance needs an image-space term (mse, perceptual, relation or mmd) beside feature")
         if self.method == "gan":
             check(self.teacher is None, "a teacher is only used by distillation (method mse or joint)")
+        check(self.critic_init is None or self.adversarial, "--critic-init starts a critic, and this run trains none (gan, or joint with alpha > 0)")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -235,7 +266,9 @@ def _type_problem(value: Any, hint: Any) -> str | None:
     or_null = " or null" if nullable else ""
     if value is None:
         return None if nullable else _expected(base)
-    if typing.get_origin(base) is tuple:
+    if typing.get_origin(base) is dict:
+        fits = isinstance(value, dict) and all(isinstance(k, str) and _is_a(v, float) for k, v in value.items())
+    elif typing.get_origin(base) is tuple:
         items = typing.get_args(base)
         fits = isinstance(value, (list, tuple)) and len(value) == len(items) and all(_is_a(v, item) for v, item in zip(value, items))
     else:
@@ -254,6 +287,8 @@ def _is_a(value: Any, kind: type) -> bool:
 def _expected(kind: Any) -> str:
     if typing.get_origin(kind) is tuple:
         return f"a list of {len(typing.get_args(kind))} numbers"
+    if typing.get_origin(kind) is dict:
+        return "an object of names to numbers"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
 
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from gankd.config import MONITORS
+from gankd.config import DISTILL_METHODS, MONITORS
 from gankd.data import ImageData
 from gankd.errors import GankdError
 from gankd.sampling import sample_latents
@@ -59,7 +59,7 @@ def resolve_monitor(name: str, method: str, dataset: str | None, channels: int) 
     """The monitor a run watches: ``name`` itself, or ``auto``'s choice (see the module docstring)."""
     if name != "auto":
         return name
-    if method in ("mse", "joint"):
+    if method in DISTILL_METHODS:
         return "fidelity"
     return "is" if dataset == "mnist" and channels == 1 else "fid"
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +83,7 @@ class Generator(nn.Module):
     """z (N, latent_dim) ~ N(0, I) -> images (N, C, S, S) in [-1, 1]."""
 
     __jit_ignored_attributes__ = ["_folded"]
+    __jit_unused_properties__ = ["block_widths"]
 
     def __init__(self, arch: Architecture):
         super().__init__()
@@ -100,6 +102,11 @@ class Generator(nn.Module):
         if not self.training and not torch.jit.is_scripting() and not torch.jit.is_tracing():  # export the plain network
             return self._eval_forward(z)
         return self.net(z.view(z.shape[0], -1, 1, 1))
+
+    @property
+    def block_widths(self) -> list[int]:
+        """Channels of each block's activation (after its ReLU), from 4x4 up to S/2 x S/2."""
+        return [m.out_channels for m in self.net if isinstance(m, nn.ConvTranspose2d)][:-1]
 
     @torch.jit.unused
     def _eval_forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -121,6 +128,28 @@ class Generator(nn.Module):
             with torch.inference_mode(False), torch.no_grad():  # ordinary tensors: usable with autograd on z
                 self._folded = (key, FoldedGenerator(self))
         return self._folded[1]
+
+
+class BlockTap:
+    """Keeps the block activations of the latest forward pass of ``generator`` (forward hooks on
+    its ReLUs, so it works through DistributedDataParallel); :meth:`take` hands them over."""
+
+    def __init__(self, generator: Generator):
+        self._kept: list[torch.Tensor] = []
+        relus = [layer for layer in generator.net if isinstance(layer, nn.ReLU)]
+        for index, layer in enumerate(relus):
+            layer.register_forward_hook(self._keeper(index))
+
+    def _keeper(self, index: int) -> Callable:
+        def keep(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            if index == 0:  # a new forward pass
+                self._kept = []
+            self._kept.append(output)
+        return keep
+
+    def take(self) -> list[torch.Tensor]:
+        kept, self._kept = self._kept, []
+        return kept
 
 
 # Measured on a 2-core AVX-512 CPU (benchmarks/README.md): up to this many output channels a
@@ -272,6 +301,15 @@ class Critic(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).view(-1)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The activation after each LeakyReLU: what a perceptual distance compares."""
+        out = []
+        for layer in self.net:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                out.append(x)
+        return out
 
 
 def count_parameters(module: nn.Module) -> int:

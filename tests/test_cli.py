@@ -71,7 +71,7 @@ def test_sample_and_info(mnist_teacher: Path, tmp_path: Path) -> None:
     save_checkpoint(student, prefixed("generator", Generator(arch).state_dict()),
                     {"arch": arch.to_dict(), "method": "mse", "teacher": {"path": str(mnist_teacher), "parameters": 1_000_000}})
     info = json.loads(run_gankd("info", str(student), "--json").stdout)
-    assert info["parameters"] == 13_487 and info["compression_ratio"] == "74:1"
+    assert info["parameters"] == 13_487 and info["compression"] == "74:1" and info["compression_ratio"] == pytest.approx(74, abs=0.5)
     assert "compression ratio" in run_gankd("info", str(student)).stdout
 
 
@@ -228,3 +228,16 @@ def test_a_config_file_names_the_method_unless_a_flag_does(mnist_teacher: Path, 
     assert saved["method"] == "joint" and "d_loss" in (tmp_path / "j" / "metrics.csv").read_text().splitlines()[0]
     run_gankd("distill", "--config", str(config), "--method", "mse", "--out", str(tmp_path / "m"))
     assert json.loads((tmp_path / "m" / "config.json").read_text())["method"] == "mse"
+
+
+def test_limit_merges_a_config_without_a_teacher_with_the_teacher_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A limit config may leave the teacher to --teacher (and term weights to flags): the options
+    are merged before anything checks them."""
+    import gankd.experiments.limit
+
+    seen = {}
+    monkeypatch.setattr(gankd.experiments.limit, "find_limit", lambda options, *a, **k: seen.update(options) or {"sentence": "ok"})
+    config = tmp_path / "limit.json"
+    config.write_text('{"method": "mse", "steps": 50, "terms": {"relation": 2}}')
+    assert main(["limit", "--config", str(config), "--teacher", "t.safetensors", "--out", str(tmp_path / "l"), "--mmd-weight", "1"]) == 0
+    assert seen["teacher"] == "t.safetensors" and seen["steps"] == 50 and seen["terms"] == {"relation": 2, "mmd": 1.0}

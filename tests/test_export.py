@@ -151,7 +151,10 @@ def test_distill_from_an_onnx_teacher(mnist_teacher: Path, exported: dict[str, P
     """A student distilled from the ONNX export matches the one distilled from the safetensors
     teacher (same seed): the teachers' images differ by float rounding only. (The biases before
     BatchNorm get no gradient, so Adam moves them by noise: the students are compared by their
-    convolution weights and by their images.)"""
+    convolution weights and by their images. Adam divides by the gradients' own size, so where a
+    gradient is near zero the rounding can move a weight by up to ~lr per step (1.7e-3 after 6
+    steps, measured on a CPU without AVX-512; the median 5e-6): 95% of each layer's weights are
+    held to 2e-4.)"""
     students = {}
     for name, teacher in (("safetensors", mnist_teacher), ("onnx", exported["float32"])):
         out = tmp_path / name
@@ -163,7 +166,8 @@ def test_distill_from_an_onnx_teacher(mnist_teacher: Path, exported: dict[str, P
     assert onnx_meta["teacher"]["parameters"] == read_checkpoint(mnist_teacher)[1]["parameters"]
     for name, tensor in ref_weights.items():
         if name.startswith("generator.") and name.endswith(".weight"):
-            assert torch.allclose(onnx_weights[name], tensor, atol=1e-5, rtol=0), name
+            moved = (onnx_weights[name] - tensor).abs().flatten()
+            assert float(moved.quantile(0.95)) < 2e-4, (name, float(moved.quantile(0.95)))
     z = sample_latents(256, 100, seed=5)
     ours, reference = (_pytorch_images(tmp_path / name / "generator.safetensors", z) for name in ("onnx", "safetensors"))
     assert np.square(ours - reference).mean() < 1e-5 and np.abs(ours - reference).max() < 0.02

@@ -9,6 +9,7 @@ import torch
 from gankd.losses import GeneratorObjective, critic_loss, distillation_loss, generator_adversarial_loss
 from gankd.models import Architecture, Critic
 
+MSE = (("mse", 1.0),)  # the paper's distillation term alone
 
 @pytest.fixture()
 def batch() -> tuple[torch.Tensor, torch.Tensor, Critic]:
@@ -33,9 +34,9 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_alpha_zero_is_pure_mse_and_alpha_one_pure_adversarial(batch, balance: str) -> None:
     fake, target, critic = batch
     g_mse, g_adv = term_gradients(fake, target, critic)
-    grad, _ = GeneratorObjective("wgan-gp", True, 0.0, balance).images_gradient(fake, target, critic)
+    grad, _, _ = GeneratorObjective("wgan-gp", MSE, 0.0, balance).images_gradient(fake, target, critic)
     torch.testing.assert_close(grad, g_mse)
-    grad, _ = GeneratorObjective("wgan-gp", True, 1.0, balance).images_gradient(fake, target, critic)
+    grad, _, _ = GeneratorObjective("wgan-gp", MSE, 1.0, balance).images_gradient(fake, target, critic)
     assert cosine(grad, g_adv) == pytest.approx(1.0, abs=1e-6)
 
 
@@ -44,7 +45,7 @@ def test_alpha_zero_is_pure_mse_and_alpha_one_pure_adversarial(batch, balance: s
 def test_gradient_balance_gives_the_critic_an_alpha_share_of_the_pull(batch, alpha: float, loss: str, reduction: str) -> None:
     fake, target, critic = batch
     g_mse, g_adv = term_gradients(fake, target, critic, loss, reduction)
-    grad, stats = GeneratorObjective(loss, True, alpha, "gradient", reduction).images_gradient(fake, target, critic)
+    grad, _, stats = GeneratorObjective(loss, MSE, alpha, "gradient", reduction).images_gradient(fake, target, critic)
     weight = g_mse.norm() / g_adv.norm()
     torch.testing.assert_close(grad, (1 - alpha) * g_mse + alpha * weight * g_adv)
     assert float(stats["grad_ratio"]) == pytest.approx(alpha / (1 - alpha), rel=1e-5)
@@ -54,7 +55,7 @@ def test_gradient_balance_gives_the_critic_an_alpha_share_of_the_pull(batch, alp
 def test_logged_terms_are_the_ones_the_loss_used(batch) -> None:
     fake, target, critic = batch
     alpha = 0.25
-    grad, stats = GeneratorObjective("dcgan", True, alpha, "none").images_gradient(fake, target, critic)
+    grad, _, stats = GeneratorObjective("dcgan", MSE, alpha, "none").images_gradient(fake, target, critic)
     mse = distillation_loss(fake, target, "sum")
     adv = generator_adversarial_loss(critic(fake), "dcgan")
     torch.testing.assert_close(stats["mse"], mse)
@@ -70,17 +71,17 @@ def test_logged_terms_are_the_ones_the_loss_used(batch) -> None:
 
 def test_the_critic_gets_no_gradient_from_the_generator_objective(batch) -> None:
     fake, target, critic = batch
-    GeneratorObjective("wgan-gp", True, 0.5).images_gradient(fake, target, critic)
+    GeneratorObjective("wgan-gp", MSE, 0.5).images_gradient(fake, target, critic)
     assert all(p.grad is None for p in critic.parameters())
 
 
 def test_gan_and_mse_objectives_are_their_single_term(batch) -> None:
     fake, target, critic = batch
     g_mse, g_adv = term_gradients(fake, target, critic, "dcgan", "mean")
-    grad, stats = GeneratorObjective(None, True, 0.0, mse_reduction="mean").images_gradient(fake, target, None)
+    grad, _, stats = GeneratorObjective(None, MSE, 0.0, mse_reduction="mean").images_gradient(fake, target, None)
     torch.testing.assert_close(grad, g_mse)
     assert set(stats) == {"mse", "mse_pixel", "g_loss"}
-    grad, stats = GeneratorObjective("dcgan", False).images_gradient(fake, None, critic)
+    grad, _, stats = GeneratorObjective("dcgan", ()).images_gradient(fake, None, critic)
     torch.testing.assert_close(grad, g_adv)
     assert set(stats) == {"g_adv", "g_loss"}
 

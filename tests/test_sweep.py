@@ -450,3 +450,15 @@ def test_a_run_stopped_by_a_signal_is_stopped_not_failed(mnist_teacher: Path, tm
     monkeypatch.setattr(jobs.Children, "run", lambda self, args, **options: exit_code)
     jobs.run_job(job, threads=1)
     assert job.status == status and all(m.status == status for m in job.models)
+
+
+def test_a_gan_run_is_the_same_run_whatever_the_distillation_options_say() -> None:
+    """A finished teacher stays finished when a later gankd changes a distillation default."""
+    from gankd.config import RunConfig
+    from gankd.experiments.jobs import differences
+
+    saved = RunConfig(out="a", depth=8, terms={"mse": 1.0})
+    assert differences(saved, RunConfig(out="b", depth=8, terms={"relation": 2.0})) == []
+    assert differences(saved, RunConfig(out="b", depth=16)) == ["depth"]
+    student = RunConfig(method="mse", teacher="t", depth=2)
+    assert differences(student, RunConfig(method="mse", teacher="t", depth=2, terms={"relation": 2.0})) == ["terms"]

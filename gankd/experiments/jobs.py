@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gankd.checkpoint import load_generator
-from gankd.config import RunConfig
+from gankd.checkpoint import finished, load_generator
+from gankd.config import DISTILL_ONLY, RunConfig
 from gankd.data import SPLITS
 from gankd.errors import EXIT_BUSY, EXIT_INTERRUPTED, GankdError
 from gankd.files import atomic_write_bytes, file_sha256
-from gankd.metrics.registry import METRICS
-from gankd.training import finished
+from gankd.metrics.registry import columns_of, metric_value
 
 STUDENT_METHODS = ("mse", "joint", "mse-continued")  # distilled from the teacher (the rest are GANs trained on data)
 EVALUATION_DEFAULTS = {"metrics": ["is", "cfid", "fidelity", "cost"], "samples": 10000, "seed": 0, "device": "auto"}
@@ -71,6 +70,23 @@ class Job:
         return self.models[0].run_dir if len(self.models) == 1 and self.method == "teacher" else self.models[0].run_dir.parent
 
 
+@dataclass
+class SweepResult:
+    """What a sweep's report is written from: the spec, the jobs as they ended and the choices the
+    sweep made. Plain data, below both ``sweep`` (which makes it) and ``report`` (which reads it)."""
+
+    spec: dict[str, Any]
+    out: Path
+    seeds: list[int]
+    depths: list[int]
+    teacher: Job
+    jobs: list[Job]
+    recipes: dict[str, dict[str, Any]]  # regular-GAN recipe name -> its options
+    choice: dict[int, str]  # depth -> the regular recipe trained at every seed
+    after: dict[str, str]  # job name -> the job it starts from (joint students warm-started from MSE ones)
+    floor: dict[str, float]  # report column -> real test images' score
+
+
 def make_job(name: str, method: str, seed: int, folder: Path, depths: list[int], options: dict[str, Any], recipe: str = "",
              source: str = "config") -> Job:
     """A job training ``depths`` with ``options`` (RunConfig keys), validated now. ``{depth}`` in
@@ -101,10 +117,15 @@ def model_finished(model: Model, cfg: RunConfig | None) -> bool:
 def differences(saved: RunConfig, wanted: RunConfig) -> list[str]:
     """The options in which two runs differ, ignoring where they run, how long they may run (a run
     can be continued on another device or with a larger --steps) and what ``wanted`` leaves to the
-    run to fill in (None: image size, channels and latent size come from the teacher or data)."""
+    run to fill in (None: image size, channels and latent size come from the teacher or data). A
+    GAN's distillation options (DISTILL_ONLY) do not count: a new distillation default must not
+    make a finished teacher "another run"."""
     a, b = saved.to_dict(), wanted.to_dict()
     for d in (a, b):
         d.pop("out"), d.pop("device"), d.pop("steps")
+        if saved.method == wanted.method == "gan":
+            for name in DISTILL_ONLY:
+                d.pop(name)
         if d.get("teacher"):
             d["teacher"] = str(Path(d["teacher"]).resolve())
     return sorted(k for k in a if b[k] is not None and a[k] != b[k])
@@ -248,20 +269,3 @@ def evaluate_floor(teacher: Model, metrics: list[str], samples: int, seed: int, 
         atomic_write_bytes(cache, (json.dumps(cached, indent=2) + "\n").encode())
     values = {column: metric_value(cached[key], column) for column in columns_of(metrics)}
     return {column: value for column, value in values.items() if value is not None}
-
-
-# Every number a report can compare, from the metric registry: column -> its Column (label,
-# direction, key in its metric's result), and column -> the metric that produces it.
-QUALITY = {column.name: column for metric in METRICS.values() for column in metric.columns}
-METRIC_OF = {column.name: metric.name for metric in METRICS.values() for column in metric.columns}
-
-
-def columns_of(metrics: list[str]) -> list[str]:
-    """The report columns that evaluating ``metrics`` produces, in the registry's order."""
-    return [column for column, metric in METRIC_OF.items() if metric in metrics]
-
-
-def metric_value(evaluation: dict[str, Any], column: str) -> float | None:
-    """The number of a report column in an evaluation (IS mean, FID value, fidelity MSE, ...)."""
-    value = evaluation.get("metrics", {}).get(METRIC_OF[column], {}).get(QUALITY[column].key)
-    return None if value is None else float(value)

@@ -20,7 +20,8 @@ from typing import Any
 
 from gankd.checkpoint import load_generator
 from gankd.errors import GankdError
-from gankd.experiments.jobs import METRIC_OF, QUALITY, Model, evaluate_model, make_job, metric_value, run_job
+from gankd.experiments.jobs import Model, evaluate_model, make_job, run_job
+from gankd.metrics.registry import METRIC_OF, QUALITY, metric_value
 from gankd.experiments.stats import Estimate, estimate, keeps
 from gankd.files import atomic_write_bytes
 from gankd.runtime import resolve_device

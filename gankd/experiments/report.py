@@ -9,7 +9,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 import matplotlib.ticker
@@ -18,14 +18,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from gankd.checkpoint import load_generator, read_checkpoint  # noqa: E402
-from gankd.experiments.jobs import QUALITY, Model, columns_of, metric_value  # noqa: E402
+from gankd.experiments.jobs import Model, SweepResult  # noqa: E402
+from gankd.metrics.registry import QUALITY, columns_of, metric_value  # noqa: E402
 from gankd.experiments.stats import Estimate, better, estimate, keeps, smallest_kept  # noqa: E402
 from gankd.files import atomic_write_bytes  # noqa: E402
 from gankd.imaging import save_comparison  # noqa: E402
 from gankd.sampling import images_from  # noqa: E402
-
-if TYPE_CHECKING:
-    from gankd.experiments.sweep import Plan
 
 METHOD_LABELS = {"mse": "Stu. (MSE)", "joint": "Stu. (joint)", "mse-continued": "Stu. (MSE, continued)", "regular": "Reg."}
 COLORS = {"mse": "tab:blue", "joint": "tab:orange", "mse-continued": "tab:purple", "regular": "tab:green"}
@@ -62,14 +60,14 @@ def model_row(model: Model, columns: list[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- aggregation
 
 
-def cells(plan: "Plan", rows: list[dict[str, Any]], columns: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
+def cells(sweep: SweepResult, rows: list[dict[str, Any]], columns: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
     """(method, depth) -> {column: Estimate over seeds, "parameters", "steps", "recipe"}. Regular
     GANs count only with the recipe chosen at that depth."""
     out: dict[tuple[str, int], dict[str, Any]] = {}
     for method in METHOD_LABELS:
-        for depth in plan.depths:
+        for depth in sweep.depths:
             chosen = [r for r in rows if r["method"] == method and r["depth"] == depth and r["status"] == "done"
-                      and (method != "regular" or r["recipe"] == plan.choice.get(depth))]
+                      and (method != "regular" or r["recipe"] == sweep.choice.get(depth))]
             if not chosen:
                 continue
             cell: dict[str, Any] = {"parameters": chosen[0]["parameters"], "recipe": chosen[0]["recipe"],
@@ -106,9 +104,9 @@ def steps_cell(cell: dict[str, Any]) -> str:
     return _fmt(cell["steps"].mean, 3) + at_cap
 
 
-def paper_table(plan: "Plan", teacher: dict[str, Any], agg: dict, columns: list[str]) -> str:
+def paper_table(sweep: SweepResult, teacher: dict[str, Any], agg: dict, columns: list[str]) -> str:
     """Laid out like the paper's Table 1: one column per depth; mean ± 95% CI over seeds."""
-    depths = plan.depths
+    depths = sweep.depths
     lines = [f"| GAN size d | {' | '.join(str(d) for d in depths)} |", "|---|" + "---|" * len(depths)]
 
     def line(label: str, values: list[str]) -> None:
@@ -125,31 +123,31 @@ def paper_table(plan: "Plan", teacher: dict[str, Any], agg: dict, columns: list[
                 line(f"{QUALITY[column].label} ({METHOD_LABELS[method]})", [_fmt(agg.get((method, d), {}).get(column)) for d in depths])
     for method in METHOD_LABELS:
         if any((method, d) in agg for d in depths):
-            warm = " after its MSE student's" if any(name.startswith(f"{method}/") for name in plan.after) else ""
+            warm = " after its MSE student's" if any(name.startswith(f"{method}/") for name in sweep.after) else ""
             line(f"steps ({METHOD_LABELS[method]}{warm})", [steps_cell(agg[(method, d)]) if (method, d) in agg else "—" for d in depths])
     if "regular" in {m for m, _ in agg}:
-        line("regular recipe", [plan.choice.get(d, "—") for d in depths])
+        line("regular recipe", [sweep.choice.get(d, "—") for d in depths])
     seeds = sorted({agg[k]["seeds"] for k in agg})
     over = ("/".join(map(str, seeds)) + (" seed" if seeds == [1] else " seeds")) if seeds else "the seeds (none finished yet)"
     header = (f"Teacher: d={teacher['depth']}, {_fmt(teacher.get('parameters'))} parameters"
               + "".join(f", {QUALITY[c].label} {_fmt(teacher.get(c))}" for c in columns if c != "fidelity_mse" and teacher.get(c) is not None)
               + f". Cells: mean ± 95% CI (Student t) over {over}; steps: the mean, and how many "
               "seeds ran to their step cap instead of stopping on a plateau of their monitor (k/n at the cap).")
-    if plan.floor:
+    if sweep.floor:
         header += ("\n\nReal test images in a generator's place, against the same training reference at the same count (the "
                    "best a generator can score here: FID's bias keeps it above 0): "
-                   + ", ".join(f"{QUALITY[c].label} {_fmt(v)}" for c, v in plan.floor.items()) + ".")
+                   + ", ".join(f"{QUALITY[c].label} {_fmt(v)}" for c, v in sweep.floor.items()) + ".")
     return header + "\n\n" + "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- findings
 
 
-def findings(plan: "Plan", teacher: dict[str, Any], agg: dict, column: str, keep: float) -> list[str]:
+def findings(sweep: SweepResult, teacher: dict[str, Any], agg: dict, column: str, keep: float) -> list[str]:
     """The paper's claims, checked on this sweep's numbers; a claim needs non-overlapping intervals."""
     col = QUALITY[column]
     higher = col.higher_is_better
-    depths = sorted(plan.depths, reverse=True)
+    depths = sorted(sweep.depths, reverse=True)
     out = []
 
     def verdict(a: Estimate, b: Estimate) -> str:
@@ -178,7 +176,7 @@ def findings(plan: "Plan", teacher: dict[str, Any], agg: dict, column: str, keep
                  f"{_fmt(agg[('regular', d)][column])})" for d in depths if column in agg.get((method, d), {}) and column in agg.get(("regular", d), {})]
         if parts:
             out.append(f"- {METHOD_LABELS[method]} against the regular GAN of its size, {col.label}: " + "; ".join(parts) + ".")
-    warm = any(name.startswith("joint/") for name in plan.after)
+    warm = any(name.startswith("joint/") for name in sweep.after)
     for other, title in (("mse", "MSE students"), ("mse-continued", "the same MSE students continued by MSE for the joint students' steps")):
         parts = [f"d={d}: {verdict(agg[('joint', d)][column], agg[(other, d)][column])} ({_fmt(agg[('joint', d)][column])} vs "
                  f"{_fmt(agg[(other, d)][column])}{paired(agg[('joint', d)][f'{column}_by_seed'], agg[(other, d)][f'{column}_by_seed'], other) if warm else ''})"
@@ -207,12 +205,12 @@ def findings(plan: "Plan", teacher: dict[str, Any], agg: dict, column: str, keep
 # --------------------------------------------------------------------------- pictures
 
 
-def plot_metric(plan: "Plan", teacher: dict[str, Any], agg: dict, column: str, path: Path) -> None:
+def plot_metric(sweep: SweepResult, teacher: dict[str, Any], agg: dict, column: str, path: Path) -> None:
     col = QUALITY[column]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for method in METHOD_LABELS:
         points = sorted((teacher["parameters"] / agg[(method, d)]["parameters"], agg[(method, d)][column])
-                        for d in plan.depths if column in agg.get((method, d), {}))
+                        for d in sweep.depths if column in agg.get((method, d), {}))
         if points:
             ratios, ests = zip(*points)
             errors = [0 if math.isnan(e.ci95) else e.ci95 for e in ests]
@@ -232,13 +230,13 @@ def plot_metric(plan: "Plan", teacher: dict[str, Any], agg: dict, column: str, p
     plt.close(fig)
 
 
-def plot_curves(plan: "Plan", models: list[Model], path: Path) -> dict[str, list[str]]:
+def plot_curves(sweep: SweepResult, models: list[Model], path: Path) -> dict[str, list[str]]:
     """The monitor each model watched (val_* in metrics.csv) against the step: one row of panels
     per monitor (a fidelity MSE near 0.05 and an FID near 100 share no useful axis), one column
     per depth. Returns, per monitor drawn, the methods that watched it (empty: nothing drawn)."""
     curves: dict[str, list[tuple[Model, list[tuple[int, float]]]]] = {}
     for model in models:
-        if model.method == "teacher" or (model.method == "regular" and model.recipe != plan.choice.get(model.depth)):
+        if model.method == "teacher" or (model.method == "regular" and model.recipe != sweep.choice.get(model.depth)):
             continue
         try:
             with (model.run_dir / "metrics.csv").open(newline="") as f:
@@ -251,14 +249,14 @@ def plot_curves(plan: "Plan", models: list[Model], path: Path) -> dict[str, list
             curves.setdefault(column[4:], []).append((model, points))
     if not curves:
         return {}
-    depths = sorted(plan.depths)
+    depths = sorted(sweep.depths)
     fig, axes = plt.subplots(len(curves), len(depths), figsize=(4 * len(depths), 3.2 * len(curves)), squeeze=False)
     for row, monitor in zip(axes, sorted(curves)):
         for ax, depth in zip(row, depths):
             for model, points in curves[monitor]:
                 if model.depth == depth:
                     ax.plot(*zip(*points), color=COLORS[model.method], alpha=0.8, lw=1,
-                            label=METHOD_LABELS[model.method] if model.seed == plan.seeds[0] else None)
+                            label=METHOD_LABELS[model.method] if model.seed == sweep.seeds[0] else None)
             ax.set_title(f"{monitor}, d={depth}")
             ax.set_xlabel("step")
             ax.set_yscale("log")
@@ -271,14 +269,14 @@ def plot_curves(plan: "Plan", models: list[Model], path: Path) -> dict[str, list
     return {monitor: list(dict.fromkeys(METHOD_LABELS[m.method] for m, _ in drawn)) for monitor, drawn in sorted(curves.items())}
 
 
-def figure11(plan: "Plan", models: list[Model], path: Path) -> bool:
+def figure11(sweep: SweepResult, models: list[Model], path: Path) -> bool:
     """The same latents through the teacher and the MSE and joint students of the first seed, from
     the largest to the smallest depth (cf. the paper's Figure 11)."""
-    teacher = plan.teacher.models[0]
+    teacher = sweep.teacher.models[0]
     if teacher.status != "done":
         return False
-    done = {(m.method, m.depth): m for m in models if m.status == "done" and m.seed == plan.seeds[0] and m.method in ("mse", "joint")}
-    order = [teacher] + [done[(method, d)] for method in ("mse", "joint") for d in sorted(plan.depths, reverse=True) if (method, d) in done]
+    done = {(m.method, m.depth): m for m in models if m.status == "done" and m.seed == sweep.seeds[0] and m.method in ("mse", "joint")}
+    order = [teacher] + [done[(method, d)] for method in ("mse", "joint") for d in sorted(sweep.depths, reverse=True) if (method, d) in done]
     latent_dim = load_generator(teacher.checkpoint)[1]["arch"]["latent_dim"]
     panels = []
     for model in order:
@@ -312,30 +310,30 @@ def summary(dataset: str, teacher: dict[str, Any], agg: dict, columns: list[str]
             "rows": rows}
 
 
-def recipe_table(plan: "Plan", rows: list[dict[str, Any]], primary: str) -> list[str]:
-    if len(plan.recipes) < 2:
+def recipe_table(sweep: SweepResult, rows: list[dict[str, Any]], primary: str) -> list[str]:
+    if len(sweep.recipes) < 2:
         return []
-    first = plan.seeds[0]
+    first = sweep.seeds[0]
     unfinished = [r for r in rows if r["method"] == "regular" and r["seed"] == first and r["status"] != "done"]
     pending = " among the recipes finished so far (a cell marked — is still training)" if unfinished else ""
-    lines = [f"| recipe (seed {first}) | " + " | ".join(f"d={d}" for d in plan.depths) + " |", "|---|" + "---|" * len(plan.depths)]
-    for name in plan.recipes:
+    lines = [f"| recipe (seed {first}) | " + " | ".join(f"d={d}" for d in sweep.depths) + " |", "|---|" + "---|" * len(sweep.depths)]
+    for name in sweep.recipes:
         values = []
-        for d in plan.depths:
+        for d in sweep.depths:
             row = next((r for r in rows if r["method"] == "regular" and r["recipe"] == name and r["depth"] == d and r["seed"] == first), None)
             if row is None or row[primary] is None:
                 values.append("—")
                 continue
-            mark = " **(chosen)**" if plan.choice.get(d) == name else ""
+            mark = " **(chosen)**" if sweep.choice.get(d) == name else ""
             values.append(f"{_fmt(row[primary])}, critic loss {_fmt(row['critic_loss_final'])}, {row['steps']} steps{mark}")
-        lines.append(f"| {name}: `{json.dumps(plan.recipes[name])}` | " + " | ".join(values) + " |")
+        lines.append(f"| {name}: `{json.dumps(sweep.recipes[name])}` | " + " | ".join(values) + " |")
     return ["## Regular GANs: recipes tried (first seed), the best one per depth trained at every seed", "",
             f"Chosen by {QUALITY[primary].label} at seed {first}{pending}; the critic loss is the last logged value.", "", *lines, ""]
 
 
-def write_report(plan: "Plan", settings: dict[str, Any]) -> None:
-    out = plan.out
-    models = [m for job in plan.jobs for m in job.models]
+def write_report(sweep: SweepResult, settings: dict[str, Any]) -> None:
+    out = sweep.out
+    models = [m for job in sweep.jobs for m in job.models]
     columns = columns_of(settings["metrics"])
     rows = [model_row(m, columns) for m in models]
     with (out / "results.csv").open("w", newline="") as f:
@@ -344,30 +342,30 @@ def write_report(plan: "Plan", settings: dict[str, Any]) -> None:
         writer.writerows(rows)
     atomic_write_bytes(out / "results.json", (json.dumps(rows, indent=2) + "\n").encode())
     teacher = next(r for r in rows if r["method"] == "teacher")
-    agg = cells(plan, rows, columns)
-    table = paper_table(plan, teacher, agg, columns)
+    agg = cells(sweep, rows, columns)
+    table = paper_table(sweep, teacher, agg, columns)
     (out / "table.md").write_text(table)
-    dataset = plan.spec["data"].get("dataset", "mnist")
-    atomic_write_bytes(out / "summary.json", (json.dumps(summary(dataset, teacher, agg, columns, settings["primary"], plan.floor), indent=2) + "\n").encode())
+    dataset = sweep.spec["data"].get("dataset", "mnist")
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary(dataset, teacher, agg, columns, settings["primary"], sweep.floor), indent=2) + "\n").encode())
     plots = []
     for column in columns:
         if any(column in cell for cell in agg.values()):
-            plot_metric(plan, teacher, agg, column, out / f"plot_{column}.png")
+            plot_metric(sweep, teacher, agg, column, out / f"plot_{column}.png")
             plots.append(f"![{QUALITY[column].label} against compression ratio](plot_{column}.png)")
-    curves = plot_curves(plan, models, out / "curves.png")
-    grid = figure11(plan, models, out / "figure11.png")
-    failed = [f"- `{job.name}`: {job.status} — {job.error or 'not trained to the end yet'}" for job in plan.jobs if job.status != "done"]
+    curves = plot_curves(sweep, models, out / "curves.png")
+    grid = figure11(sweep, models, out / "figure11.png")
+    failed = [f"- `{job.name}`: {job.status} — {job.error or 'not trained to the end yet'}" for job in sweep.jobs if job.status != "done"]
     keep = settings["keep"]
     report = [
-        f"# Sweep `{plan.spec.get('name', out.name)}`", "",
-        plan.spec.get("description", ""), "",
+        f"# Sweep `{sweep.spec.get('name', out.name)}`", "",
+        sweep.spec.get("description", ""), "",
         f"Evaluation: {', '.join(settings['metrics'])} on {settings['samples']:,} samples (seed {settings['seed']}), the same for "
-        f"every model; seeds {plan.seeds}. Each model is its final checkpoint (never a best-of). Per-model figures: "
+        f"every model; seeds {sweep.seeds}. Each model is its final checkpoint (never a best-of). Per-model figures: "
         "`results.csv`, `results.json`; machine-readable summary: `summary.json`.", "",
         "## Table (layout of the paper's Table 1)", "", table,
         "## Findings (computed from the numbers above)", "",
         "A claim needs the 95% intervals not to overlap; \"keeps\" needs the whole interval within the bound.", "",
-        *[line for column in columns if column != "fidelity_mse" for line in findings(plan, teacher, agg, column, keep)], "",
+        *[line for column in columns if column != "fidelity_mse" for line in findings(sweep, teacher, agg, column, keep)], "",
         "## Plots", "", *plots, "",
     ]
     if curves:
@@ -377,9 +375,9 @@ def write_report(plan: "Plan", settings: dict[str, Any]) -> None:
                    "![training curves](curves.png)", ""]
     if grid:
         report += ["## Same latents, teacher and students (cf. the paper's Figure 11)", "",
-                   f"Seed {plan.seeds[0]}. Left to right: teacher, MSE students from the largest to the smallest d, then joint students.",
+                   f"Seed {sweep.seeds[0]}. Left to right: teacher, MSE students from the largest to the smallest d, then joint students.",
                    "", "![teacher and students](figure11.png)", ""]
-    report += recipe_table(plan, rows, settings["primary"])
+    report += recipe_table(sweep, rows, settings["primary"])
     if failed:
         report += ["## Jobs that did not finish (run the sweep again to retry)", "", *failed, ""]
     (out / "report.md").write_text("\n".join(report))

@@ -34,9 +34,11 @@ from typing import Any
 
 from gankd.checkpoint import load_generator
 from gankd.errors import GankdError
-from gankd.experiments.jobs import (EVALUATION_DEFAULTS, QUALITY, STUDENT_METHODS, Children, Job, Model, columns_of, evaluate_floor,
-                                    evaluate_model, latest_progress, make_job, metric_value, refresh, run_job)
+from gankd.experiments.jobs import (EVALUATION_DEFAULTS, STUDENT_METHODS, Children, Job, Model, SweepResult, evaluate_floor,
+                                    evaluate_model, latest_progress, make_job, refresh, run_job)
+from gankd.experiments.report import write_report
 from gankd.files import atomic_write_bytes
+from gankd.metrics.registry import QUALITY, columns_of, metric_value
 from gankd.progress import note, progress, track
 from gankd.runtime import resolve_device, stop_requests
 
@@ -179,12 +181,14 @@ class Plan:
     def jobs(self) -> list[Job]:
         return [self.teacher, *self.students, *self.regular]
 
+    def result(self) -> SweepResult:
+        return SweepResult(self.spec, self.out, self.seeds, self.depths, self.teacher, self.jobs, self.recipes, self.choice,
+                           self.after, self.floor)
+
 
 def run_sweep(config_path: Path, out: Path, parallel: int = 1, train: bool = True, threads: int | None = None) -> Plan:
     """Train what is not finished (unless ``train`` is false: then only the finished models are
     evaluated and reported, the rest listed as not finished), evaluate, write the report."""
-    from gankd.experiments.report import write_report
-
     spec = load_spec(config_path)
     plan = Plan(spec, out, str(config_path))
     settings = evaluation_settings(spec)
@@ -200,7 +204,7 @@ def run_sweep(config_path: Path, out: Path, parallel: int = 1, train: bool = Tru
     evaluate_all(plan, settings)
     status = {job.name: {"status": job.status, **({"error": job.error} if job.error else {})} for job in plan.jobs}
     atomic_write_bytes(out / "status.json", (json.dumps(status, indent=2) + "\n").encode())
-    write_report(plan, settings)
+    write_report(plan.result(), settings)
     return plan
 
 

@@ -111,19 +111,6 @@ def tf_bilinear_matrix(size_in: int, size_out: int) -> torch.Tensor:
     return matrix
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU, or a CPU with AVX512-BF16 or
-    AMX. Elsewhere oneDNN emulates bfloat16 and it is slower than float32."""
-    if device.type == "cuda":
-        return True
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def default_inception_backend(device: str | torch.device) -> str:
     """On a CPU, ``onnxruntime`` where the onnx extra is installed (exact and the fastest measured,
     docs/metrics.md), else ``float32``; on CUDA, ``bf16``."""

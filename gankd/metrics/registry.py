@@ -166,3 +166,20 @@ def default_metrics(digits: bool, has_teacher: bool) -> list[str]:
     FID, KID and precision/recall otherwise), fidelity when a teacher is known, and cost."""
     wanted = {"always", "digits" if digits else "images"} | ({"teacher"} if has_teacher else set())
     return [name for name, metric in METRICS.items() if metric.default_for in wanted]
+
+
+# Every number a report can compare, from the registry above: column -> its Column (label,
+# direction, key in its metric's result), and column -> the metric that produces it.
+QUALITY = {column.name: column for metric in METRICS.values() for column in metric.columns}
+METRIC_OF = {column.name: metric.name for metric in METRICS.values() for column in metric.columns}
+
+
+def columns_of(metrics: list[str]) -> list[str]:
+    """The report columns that evaluating ``metrics`` produces, in the registry's order."""
+    return [column for column, metric in METRIC_OF.items() if metric in metrics]
+
+
+def metric_value(evaluation: dict[str, Any], column: str) -> float | None:
+    """The number of a report column in an evaluation (IS mean, FID value, fidelity MSE, ...)."""
+    value = evaluation.get("metrics", {}).get(METRIC_OF[column], {}).get(QUALITY[column].key)
+    return None if value is None else float(value)
