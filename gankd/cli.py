@@ -15,29 +15,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gankd.config import (BALANCES, CHANNELS, DISTILL_METHODS, IMAGE_SIZES, LOSSES, MAX_BATCH_SIZE, MAX_DEPTH, MAX_LATENT_DIM, MAX_SEED,
-                          MONITORS, MSE_REDUCTIONS, PRECISIONS, RunConfig, read_options)
+from gankd.config import (BALANCES, CHANNELS, DEFAULT_IMAGE_SIZE, DEFAULT_LATENT_DIM, DISTILL_METHODS, IMAGE_SIZES, LOSSES, MAX_BATCH_SIZE,
+                          MAX_DEPTH, MAX_LATENT_DIM, MAX_SEED, MONITORS, MSE_REDUCTIONS, PRECISIONS, RunConfig, bounded_int, read_options)
 from gankd.data import DATASETS
 from gankd.errors import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_USAGE, FolderBusy, GankdError, RunInterrupted, UsageError
 from gankd.progress import set_quiet
 
 
 MAX_GRID_IMAGES = 4096  # gankd sample: one PNG grid, held in memory
-
-
-def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"must be <= {high} (gankd's limit), got {value}")
-        return value
-
-    return parse
 
 
 class _OneDefaultFormatter(argparse.HelpFormatter):
@@ -66,7 +51,7 @@ def _float_in(low: float, high: float | None = None, open_low: bool = False) -> 
 
 def _depths(text: str) -> list[int]:
     """``4`` or a comma-separated list ``2,4,8,16`` (students distilled together)."""
-    parse = _int_at_least(1, MAX_DEPTH)
+    parse = bounded_int(1, MAX_DEPTH)
     depths = [parse(part) for part in text.split(",") if part.strip()]
     if not depths:
         raise argparse.ArgumentTypeError("expected a depth or a comma-separated list of depths")
@@ -83,37 +68,37 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
                  "for fashion-mnist: $GANKD_DATA/fashion-mnist, $GANKD_DATA defaulting to data/)"),
     ("image_size", {"type": int, "choices": IMAGE_SIZES}, "image size S (default: the teacher's, else 32)"),
     ("channels", {"type": int, "choices": CHANNELS}, "image channels (default: the teacher's, else the data's)"),
-    ("depth", {"type": _int_at_least(1, MAX_DEPTH)}, "generator depth d (channels of the last hidden layer)"),
-    ("critic_depth", {"type": _int_at_least(1, MAX_DEPTH)}, "critic depth (default: the generator's depth; with the dcgan loss "
+    ("depth", {"type": bounded_int(1, MAX_DEPTH)}, "generator depth d (channels of the last hidden layer)"),
+    ("critic_depth", {"type": bounded_int(1, MAX_DEPTH)}, "critic depth (default: the generator's depth; with the dcgan loss "
                                                             "at most 32, 16, 8 at 32, 64, 128 pixels, so that the critic does not win outright)"),
     ("init", {}, "start from the weights of this gankd generator of the same architecture (fine-tuning, e.g. a joint "
                  "student from an MSE one; with several depths, {depth} in the path stands for each one's); a run resumed "
                  "from its checkpoint ignores it"),
     ("critic_init", {}, "start the critic from this critic.safetensors, e.g. the teacher's (a finished GAN run writes one); "
                         "its depth and loss must be the run's"),
-    ("latent_dim", {"type": _int_at_least(1, MAX_LATENT_DIM)}, "latent size (default: the teacher's, else 100)"),
+    ("latent_dim", {"type": bounded_int(1, MAX_LATENT_DIM)}, "latent size (default: the teacher's, else 100)"),
     ("loss", {"choices": LOSSES}, "adversarial loss: wgan-gp (lambda 10, 5 critic steps, Adam 1e-4 (0.5, 0.9)) "
                                   "or dcgan (non-saturating, 1 critic step, Adam 2e-4 (0.5, 0.999))"),
     ("gp_lambda", {"type": _float_in(0)}, "WGAN-GP gradient-penalty weight"),
     ("r1_gamma", {"type": _float_in(0)}, "dcgan: R1 penalty weight gamma on the critic's slope at real images (default 0 at 32 and 64 pixels, "
                                           "1 at 128, where a dcgan critic otherwise wins outright; 0 = off)"),
-    ("steps", {"type": _int_at_least(0)}, "total generator steps"),
-    ("batch_size", {"type": _int_at_least(1, MAX_BATCH_SIZE)}, "batch size per process"),
+    ("steps", {"type": bounded_int(0)}, "total generator steps"),
+    ("batch_size", {"type": bounded_int(1, MAX_BATCH_SIZE)}, "batch size per process"),
     ("lr", {"type": _float_in(0, open_low=True)}, "Adam learning rate (default: the loss's)"),
     ("betas", {"type": _float_in(0, 0.999999), "nargs": 2, "metavar": ("B1", "B2")}, "Adam betas (default: the loss's)"),
-    ("critic_steps", {"type": _int_at_least(1)}, "critic steps per generator step (default: the loss's)"),
+    ("critic_steps", {"type": bounded_int(1)}, "critic steps per generator step (default: the loss's)"),
     ("ema_kimg", {"type": _float_in(0)}, "keep an exponential moving average of the generator's weights with this "
                                           "half-life in thousands of images (stylegan2-ada's G_ema; 10 is its default), and "
                                           "deliver, monitor and sample the average; 0 = none"),
-    ("seed", {"type": _int_at_least(0, MAX_SEED)}, "random seed (weights, latents, data order)"),
+    ("seed", {"type": bounded_int(0, MAX_SEED)}, "random seed (weights, latents, data order)"),
     ("device", {}, "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"),
-    ("log_every", {"type": _int_at_least(1)}, "steps between rows of metrics.csv"),
-    ("sample_every", {"type": _int_at_least(1)}, "steps between sample grids"),
-    ("checkpoint_every", {"type": _int_at_least(1)}, "steps between checkpoints (the most a crash can lose)"),
+    ("log_every", {"type": bounded_int(1)}, "steps between rows of metrics.csv"),
+    ("sample_every", {"type": bounded_int(1)}, "steps between sample grids"),
+    ("checkpoint_every", {"type": bounded_int(1)}, "steps between checkpoints (the most a crash can lose)"),
     ("divergence_threshold", {"type": _float_in(0, open_low=True)}, "stop when |critic output| exceeds this"),
-    ("patience", {"type": _int_at_least(1)}, "stop once this many evaluations in a row bring no gain in the monitor "
+    ("patience", {"type": bounded_int(1)}, "stop once this many evaluations in a row bring no gain in the monitor "
                                              "(--steps is then a cap); default: run all --steps"),
-    ("eval_every", {"type": _int_at_least(1)}, "steps between monitor evaluations (a val_<monitor> column in metrics.csv)"),
+    ("eval_every", {"type": bounded_int(1)}, "steps between monitor evaluations (a val_<monitor> column in metrics.csv)"),
     ("monitor", {"choices": MONITORS}, "what convergence is judged on: fidelity (students: MSE to the teacher on held-out "
                                        "latents), is (MNIST GANs), fid (other GANs: 1,000 samples on Inception), none; auto picks"),
     ("min_delta", {"type": _float_in(0)}, "relative gain in the monitor that counts as progress"),
@@ -384,8 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="write a PNG grid of samples from a generator")
     p.add_argument("checkpoint", help="gankd checkpoint or TorchScript generator")
-    p.add_argument("--n", type=_int_at_least(1, MAX_GRID_IMAGES), default=64, help="number of images")
-    p.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=0, help="latent seed: same seed, same images")
+    p.add_argument("--n", type=bounded_int(1, MAX_GRID_IMAGES), default=64, help="number of images")
+    p.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0, help="latent seed: same seed, same images")
     p.add_argument("--out", type=Path, default=Path("grid.png"), help="output PNG")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_sample)
@@ -396,26 +381,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("params", help="parameter count of a generator")
-    p.add_argument("--depth", type=_int_at_least(1, MAX_DEPTH), required=True, help="generator depth d")
-    p.add_argument("--image-size", type=int, choices=(32, 64, 128), default=64, help="image size S")
-    p.add_argument("--channels", type=int, choices=(1, 3), default=1, help="image channels")
-    p.add_argument("--latent-dim", type=_int_at_least(1, MAX_LATENT_DIM), default=100, help="latent size")
+    p.add_argument("--depth", type=bounded_int(1, MAX_DEPTH), required=True, help="generator depth d")
+    p.add_argument("--image-size", type=int, choices=IMAGE_SIZES, default=DEFAULT_IMAGE_SIZE, help="image size S")
+    p.add_argument("--channels", type=int, choices=CHANNELS, default=1, help="image channels")
+    p.add_argument("--latent-dim", type=bounded_int(1, MAX_LATENT_DIM), default=DEFAULT_LATENT_DIM, help="latent size")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("demo", help="the embedded example: distill d=4, 8, 16 students from the shipped MNIST teacher, evaluate, compare")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--student-steps", type=_int_at_least(1), default=None, help="distillation steps (default: 1500)")
+    p.add_argument("--student-steps", type=bounded_int(1), default=None, help="distillation steps (default: 1500)")
     p.add_argument("--train-teacher", action="store_true", help="train the teacher here first (about an hour on 2 CPU cores) "
                                                                    "instead of using the committed one")
-    p.add_argument("--teacher-steps", type=_int_at_least(1), default=None, help="with --train-teacher: its steps (default: 6000)")
+    p.add_argument("--teacher-steps", type=bounded_int(1), default=None, help="with --train-teacher: its steps (default: 6000)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("sweep", help="reproduce Table 1 for one dataset: teacher, MSE/joint students, regular GANs, metrics, report")
     p.add_argument("config", type=Path, help="sweep config (JSON), e.g. configs/mnist.json")
     p.add_argument("--out", type=Path, required=True, help="output folder (runs/, results.csv, report.md, ...)")
-    p.add_argument("--jobs", type=_int_at_least(1), default=1, help="independent runs trained in parallel processes")
-    p.add_argument("--threads", type=_int_at_least(1), help="CPU threads per run (default: the cores shared by --jobs); "
+    p.add_argument("--jobs", type=bounded_int(1), default=1, help="independent runs trained in parallel processes")
+    p.add_argument("--threads", type=bounded_int(1), help="CPU threads per run (default: the cores shared by --jobs); "
                                                              "lower it when other work shares the machine, as oversubscribed "
                                                              "OpenMP threads slow every process many times over")
     p.add_argument("--report-only", action="store_true",
@@ -428,10 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="students go to OUT/s<seed>/d<depth> (a sweep's runs/<method> folder is reused)")
     p.add_argument("--config", type=Path, help="JSON file of distillation options (keys as in config.json); flags override it")
     p.add_argument("--depths", type=_depths, default=list(range(1, 17)), metavar="D,D,...", help="candidate depths (default: 1 to 16)")
-    p.add_argument("--seeds", type=_int_at_least(2), default=3, help="seeds per depth, 0..N-1 (default: 3)")
+    p.add_argument("--seeds", type=bounded_int(2), default=3, help="seeds per depth, 0..N-1 (default: 3)")
     p.add_argument("--metric", default="is", help="quality metric: is, fid, kid or cfid (default: is)")
     p.add_argument("--keep", type=_float_in(0, 1, open_low=True), default=0.9, help="fraction of the teacher's quality to keep (default: 0.9)")
-    p.add_argument("--samples", type=_int_at_least(10), default=10_000, help="evaluation samples per model (default: 10000)")
+    p.add_argument("--samples", type=bounded_int(10), default=10_000, help="evaluation samples per model (default: 10000)")
     _add_run_options(p, DISTILL_OPTIONS, {"method": ({"choices": DISTILL_METHODS}, "mse")})
     _add_term_options(p)
     _add_run_options(p, [o for o in RUN_OPTIONS if o[0] not in ("out", "depth", "seed")], {})

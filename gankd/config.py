@@ -8,12 +8,13 @@ defaults while every one stays overridable.
 
 from __future__ import annotations
 
+import argparse
 import json
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from gankd.errors import GankdError, UsageError
 from gankd.files import atomic_write_bytes
@@ -25,6 +26,7 @@ DISTILL_METHODS = ("mse", "joint")  # the students' methods: they need a teacher
 DISTILL_ONLY = ("teacher", "terms", "teacher_critic", "alpha", "balance", "mse_reduction")  # options a GAN ignores
 IMAGE_SIZES = (32, 64, 128)  # the DCGAN family's sizes (gankd/models.py)
 CHANNELS = (1, 3)
+DEFAULT_IMAGE_SIZE, DEFAULT_LATENT_DIM = 32, 100  # a network's size when neither a teacher nor an option sets it
 MSE_REDUCTIONS = ("sum", "mean")
 PRECISIONS = ("fp32", "bf16")
 BALANCES = ("gradient", "none")  # joint: how the adversarial term is scaled (gankd/losses.py)
@@ -47,6 +49,22 @@ MAX_LATENT_DIM = 1024  # DCGAN uses 100, StyleGAN 512
 MAX_BATCH_SIZE = 65536  # per process
 MAX_SEED = 2**32 - 1  # seeds are 32-bit: every process's random streams are derived from the seed
 
+
+def bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type for an integer option in ``low``..``high`` (the limits above): one-line errors."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high} (gankd's limit), got {value}")
+        return value
+
+    return parse
+
 # Per-objective optimiser settings. wgan-gp: Gulrajani et al. (2017), as the paper's W-DCGAN
 # teachers; dcgan: Radford et al. (2016); mse: a pure regression, which tolerates a larger step.
 OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -63,7 +81,7 @@ class RunConfig:
     # data (needed by gan and joint; mse distillation uses no training data)
     dataset: str = "mnist"
     data: str | None = None  # dataset root; None = the vendored MNIST for "mnist"
-    image_size: int | None = None  # None = the teacher's (distillation), else 32
+    image_size: int | None = None  # None = the teacher's (distillation), else DEFAULT_IMAGE_SIZE
     channels: int | None = None  # None = the teacher's, else the dataset's own
     # networks
     depth: int = 64
@@ -122,13 +140,13 @@ class RunConfig:
     def resolved_critic_depth(self) -> int:
         if self.critic_depth is not None:
             return self.critic_depth
-        return min(self.depth, DCGAN_CRITIC_DEPTH[self.image_size or 32]) if self.loss == "dcgan" else self.depth
+        return min(self.depth, DCGAN_CRITIC_DEPTH[self.image_size or DEFAULT_IMAGE_SIZE]) if self.loss == "dcgan" else self.depth
 
     @property
     def resolved_r1_gamma(self) -> float:
         if self.r1_gamma is not None:
             return self.r1_gamma
-        return DCGAN_R1_GAMMA[self.image_size or 32] if self.loss == "dcgan" else 0.0
+        return DCGAN_R1_GAMMA[self.image_size or DEFAULT_IMAGE_SIZE] if self.loss == "dcgan" else 0.0
 
     def resolved(self, name: str, network: str = "generator") -> Any:
         """An optimiser setting of the generator's or the critic's Adam: the explicit value, else

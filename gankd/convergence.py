@@ -6,7 +6,9 @@ monitor on fixed held-out latents and stops once ``patience`` evaluations in a r
 improve on the best value by more than ``min_delta`` (relative); ``steps`` is then only a cap.
 The model delivered is the one at the stopping step (never the best-scoring one seen earlier).
 
-Monitors (``monitor``; ``auto`` picks the first that applies):
+Monitors (``monitor``; ``auto`` picks the first that applies) are the metrics of ``gankd evaluate``
+on fewer samples, computed by the same code (:mod:`gankd.metrics`): generated images quantised to
+8 bits before a network sees them, fidelity accumulated in float64.
 
 * ``fidelity`` -- students: per-pixel MSE to the teacher's images of 1,024 fixed latents
   (a seed of their own, distinct from those of ``gankd evaluate``); lower is better.
@@ -32,10 +34,14 @@ from torch import nn
 from gankd.config import DISTILL_METHODS, MONITORS
 from gankd.data import ImageData
 from gankd.errors import GankdError
-from gankd.sampling import sample_latents
+from gankd.metrics.features import extract
+from gankd.metrics.fidelity import teacher_fidelity
+from gankd.metrics.frechet import frechet_distance, gaussian_statistics
+from gankd.metrics.inception_score import inception_score, probabilities
+from gankd.metrics.registry import IS_SPLITS
 
 FIDELITY_LATENTS, FIDELITY_SEED = 1024, 314_159_265
-IS_SAMPLES, IS_SEED, IS_SPLITS = 2000, 271_828_182, 10
+IS_SAMPLES, IS_SEED = 2000, 271_828_182
 FID_SAMPLES, FID_SEED = 1000, 161_803_398
 
 
@@ -72,32 +78,26 @@ def build_monitor(name: str, latent_dim: int, device: torch.device, teacher: nn.
     if name == "fidelity":
         if teacher is None:
             raise GankdError("the fidelity monitor compares with a teacher; a GAN from scratch has none (use --monitor is or none)")
-        z = sample_latents(FIDELITY_LATENTS, latent_dim, FIDELITY_SEED).to(device)
-        with torch.no_grad():
-            target = teacher(z).float()
 
         def fidelity(generator: nn.Module) -> float:
-            return float((generator(z).float() - target).pow(2).mean())
+            return teacher_fidelity(generator, teacher, FIDELITY_LATENTS, device, FIDELITY_SEED, latent_dim)["mse"]
 
         return Monitor("fidelity", False, fidelity)
     if name == "is":
-        from gankd.metrics.inception_score import inception_score, probabilities
         from gankd.metrics.networks import DigitClassifier
 
         classifier = DigitClassifier.pretrained(device)
-        z = sample_latents(IS_SAMPLES, latent_dim, IS_SEED).to(device)
 
         def score(generator: nn.Module) -> float:
-            logits = torch.cat([classifier.logits(generator(part)) for part in z.split(500)])
-            return inception_score(probabilities(logits.float().cpu().numpy()), IS_SPLITS)[0]
+            logits = extract(generator, {"logits": classifier.logits}, IS_SAMPLES, device, IS_SEED, batch_size=500,
+                             desc="is monitor", latent_dim=latent_dim)["logits"]
+            return inception_score(probabilities(logits), IS_SPLITS)[0]
 
         return Monitor("is", True, score)
     if name == "fid":
         if data is None:
             raise GankdError("the fid monitor compares with the training data; an MSE student has none (use --monitor fidelity)")
         from gankd.metrics.evaluate import cache_directory, reference_features
-        from gankd.metrics.features import extract
-        from gankd.metrics.frechet import frechet_distance, gaussian_statistics
         from gankd.metrics.networks import InceptionFeatures
 
         inception = InceptionFeatures(device=device)

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageMode
 
+from gankd.config import IMAGE_SIZES
 from gankd.errors import GankdError
-from gankd.models import IMAGE_SIZES
 from gankd.progress import progress
 
 try:

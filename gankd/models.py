@@ -21,10 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gankd.config import MAX_DEPTH, MAX_LATENT_DIM
+from gankd.config import CHANNELS, DEFAULT_IMAGE_SIZE, DEFAULT_LATENT_DIM, IMAGE_SIZES, MAX_DEPTH, MAX_LATENT_DIM
 from gankd.errors import GankdError
-
-IMAGE_SIZES = (32, 64, 128)
 
 
 @dataclass(frozen=True)
@@ -32,9 +30,9 @@ class Architecture:
     """Everything needed to rebuild a network; stored as JSON in every checkpoint."""
 
     depth: int
-    image_size: int = 64
+    image_size: int = DEFAULT_IMAGE_SIZE
     channels: int = 1
-    latent_dim: int = 100
+    latent_dim: int = DEFAULT_LATENT_DIM
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -44,8 +42,8 @@ class Architecture:
             raise GankdError(f"depth must be in 1..{MAX_DEPTH}, got {self.depth}")
         if self.image_size not in IMAGE_SIZES:
             raise GankdError(f"image size must be one of {IMAGE_SIZES}, got {self.image_size}")
-        if self.channels not in (1, 3):
-            raise GankdError(f"channels must be 1 or 3, got {self.channels}")
+        if self.channels not in CHANNELS:
+            raise GankdError(f"channels must be one of {CHANNELS}, got {self.channels}")
         if not 1 <= self.latent_dim <= MAX_LATENT_DIM:
             raise GankdError(f"latent size must be in 1..{MAX_LATENT_DIM}, got {self.latent_dim}")
 
@@ -316,7 +314,7 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def generator_parameters(depth: int, image_size: int = 64, channels: int = 1, latent_dim: int = 100) -> int:
+def generator_parameters(depth: int, image_size: int = DEFAULT_IMAGE_SIZE, channels: int = 1, latent_dim: int = DEFAULT_LATENT_DIM) -> int:
     """Parameter count of the generator, computed by building it (on the meta device: no memory)."""
     with torch.device("meta"):
         return count_parameters(Generator(Architecture(depth, image_size, channels, latent_dim)))

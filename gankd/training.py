@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 
 from gankd import checkpoint as ckpt
-from gankd.config import RunConfig
+from gankd.config import DEFAULT_IMAGE_SIZE, DEFAULT_LATENT_DIM, RunConfig
 from gankd.convergence import Monitor, build_monitor, resolve_monitor
 from gankd.data import ImageData, load_dataset, to_unit_range
 from gankd.errors import GankdError, RunDiverged, RunInterrupted
@@ -63,7 +63,7 @@ def resolve_shapes(cfg: RunConfig, teacher: Teacher | None, data: ImageData | No
                 raise GankdError(f"--{key.replace('_', '-')} {given} does not match the teacher's {label} {t[key]} ({cfg.teacher})")
             updates[key] = t[key]
     else:
-        updates = {"image_size": cfg.image_size or 32, "latent_dim": cfg.latent_dim or 100}
+        updates = {"image_size": cfg.image_size or DEFAULT_IMAGE_SIZE, "latent_dim": cfg.latent_dim or DEFAULT_LATENT_DIM}
     if data is not None:
         channels = updates.get("channels", cfg.channels)
         if channels is not None and data.channels != channels:

