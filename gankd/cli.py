@@ -323,6 +323,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if any(j.status in ("failed", "skipped") for j in unfinished) or (unfinished and not args.report_only) else 0
 
 
+def cmd_ablation(args: argparse.Namespace) -> int:
+    from gankd.experiments.ablation import run_ablation
+
+    table = run_ablation(args.config, args.out, train=not args.report_only, threads=args.threads)
+    print(f"table: {args.out / 'ablation.md'} ({len(table['unfinished'])} job(s) not finished)")
+    return 1 if table["unfinished"] and not args.report_only else 0
+
+
 def cmd_limit(args: argparse.Namespace) -> int:
     from gankd.experiments.limit import find_limit
 
@@ -406,6 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: evaluate the finished models and write the report, listing the rest as not finished")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("ablation", help="which distillation recipe to ship: students of one teacher by named variants, one table",
+                       description="Distil students of one teacher by each named variant of run options (terms, joint "
+                                   "settings, ...) at a few depths and seeds, score them alike, and write one table with "
+                                   "95%% intervals, relative step time and a picture. Running it again resumes.")
+    p.add_argument("config", type=Path, help="ablation config (JSON), e.g. configs/fashion-mnist-ablation.json")
+    p.add_argument("--out", type=Path, required=True, help="output folder (runs/, ablation.md, ablation.json, ablation.png)")
+    p.add_argument("--threads", type=bounded_int(1), default=1, help="CPU threads of the training process (one job at a time)")
+    p.add_argument("--report-only", action="store_true", help="train nothing: score the finished students and write the table")
+    p.set_defaults(func=cmd_ablation)
 
     p = sub.add_parser("limit", help="the compression limit: the smallest student depth keeping a fraction of the teacher's quality",
                        description="Bisection over student depths, each distilled at every seed and evaluated, for the "
