@@ -16,6 +16,7 @@ from scipy import stats
 
 from conftest import run_gankd
 from gankd.errors import GankdError
+from gankd.experiments.ablation import ablation_jobs, load_ablation
 from gankd.experiments.stats import Estimate, better, estimate, keeps, smallest_kept
 from gankd.experiments.sweep import Plan, load_spec
 
@@ -157,6 +158,11 @@ def test_shipped_configs_are_valid(tmp_path: Path) -> None:
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
     assert {c.stem for c in configs} >= {"mnist-paper", "cifar10-paper", "celeba-paper"}
     for config in configs:
+        if "variants" in json.loads(config.read_text()):  # an ablation config (gankd ablation)
+            spec = load_ablation(config)
+            teacher, jobs = ablation_jobs(spec, tmp_path, str(config))
+            assert teacher.checkpoint.exists() and len(jobs) == len(spec["variants"]) * len(spec.get("seeds", [0]))
+            continue
         spec = load_spec(config)
         plan = Plan(spec, tmp_path)
         assert plan.teacher.method == "teacher" and len(plan.students) == len([m for m in spec["methods"] if m != "regular"]) * len(plan.seeds)

@@ -28,7 +28,7 @@ from typing import Any
 
 from gankd.checkpoint import load_generator
 from gankd.errors import GankdError
-from gankd.experiments.jobs import EVALUATION_DEFAULTS, Job, Model, evaluate_model, make_job, refresh, run_job
+from gankd.experiments.jobs import EVALUATION_DEFAULTS, Job, Model, evaluate_model, make_job, read_experiment_config, refresh, run_job
 from gankd.experiments.stats import Estimate, estimate
 from gankd.files import atomic_write_bytes
 from gankd.imaging import save_comparison
@@ -44,20 +44,7 @@ PICTURE_LATENTS, PICTURE_SEED = 12, 11
 
 def load_ablation(path: Path) -> dict[str, Any]:
     """The ablation config, checked for what every job needs (the jobs validate their options)."""
-    try:
-        spec = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise GankdError(f"{path}: no such ablation config") from None
-    except json.JSONDecodeError as exc:
-        raise GankdError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(spec, dict):
-        raise GankdError(f"{path}: an ablation config is a JSON object")
-    unknown = sorted(set(spec) - SPEC_KEYS)
-    if unknown:
-        raise GankdError(f"{path}: unknown key(s) {unknown}; an ablation config has {sorted(SPEC_KEYS)}")
-    for key in ("data", "teacher", "depths", "variants"):
-        if key not in spec:
-            raise GankdError(f"{path}: missing key {key!r}")
+    spec = read_experiment_config(path, "ablation", SPEC_KEYS, ("data", "teacher", "depths", "variants"))
     if set(spec["teacher"]) != {"checkpoint"}:
         raise GankdError(f"{path}: the teacher is {{\"checkpoint\": PATH}} (a trained generator)")
     if not isinstance(spec["variants"], dict) or not spec["variants"]:
@@ -67,11 +54,6 @@ def load_ablation(path: Path) -> dict[str, Any]:
             raise GankdError(f"{path}: variant name {name!r} must be lower-case letters, digits and + . _ - (it names a folder)")
         if not isinstance(options, dict):
             raise GankdError(f"{path}: variant {name!r} must be an object of run options")
-    if not spec["depths"] or not all(isinstance(d, int) and d >= 1 for d in spec["depths"]):
-        raise GankdError(f"{path}: depths must be a non-empty list of positive integers")
-    seeds = spec.get("seeds", [0])
-    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise GankdError(f"{path}: seeds must be a non-empty list of distinct non-negative integers")
     unknown_eval = sorted(set(spec.get("evaluation", {})) - set(EVALUATION_DEFAULTS))
     if unknown_eval:
         raise GankdError(f"{path}: unknown evaluation key(s) {unknown_eval}; known: {sorted(EVALUATION_DEFAULTS)}")

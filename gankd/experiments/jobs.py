@@ -87,6 +87,31 @@ class SweepResult:
     floor: dict[str, float]  # report column -> real test images' score
 
 
+def read_experiment_config(path: Path, what: str, keys: set[str], required: tuple[str, ...]) -> dict[str, Any]:
+    """A sweep or ablation config: a JSON object with only ``keys``, the ``required`` ones present,
+    and valid depths and seeds; every error one line naming the file."""
+    try:
+        spec = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise GankdError(f"{path}: no such {what} config") from None
+    except json.JSONDecodeError as exc:
+        raise GankdError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(spec, dict):
+        raise GankdError(f"{path}: a {what} config is a JSON object")
+    unknown = sorted(set(spec) - keys)
+    if unknown:
+        raise GankdError(f"{path}: unknown key(s) {unknown}; a {what} config has {sorted(keys)}")
+    for key in required:
+        if key not in spec:
+            raise GankdError(f"{path}: missing key {key!r}")
+    if not spec["depths"] or not all(isinstance(d, int) and d >= 1 for d in spec["depths"]):
+        raise GankdError(f"{path}: depths must be a non-empty list of positive integers")
+    seeds = spec.get("seeds", [0])
+    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise GankdError(f"{path}: seeds must be a non-empty list of distinct non-negative integers")
+    return spec
+
+
 def make_job(name: str, method: str, seed: int, folder: Path, depths: list[int], options: dict[str, Any], recipe: str = "",
              source: str = "config") -> Job:
     """A job training ``depths`` with ``options`` (RunConfig keys), validated now. ``{depth}`` in

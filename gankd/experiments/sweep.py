@@ -35,7 +35,7 @@ from typing import Any
 from gankd.checkpoint import load_generator
 from gankd.errors import GankdError
 from gankd.experiments.jobs import (EVALUATION_DEFAULTS, STUDENT_METHODS, Children, Job, Model, SweepResult, evaluate_floor,
-                                    evaluate_model, latest_progress, make_job, refresh, run_job)
+                                    evaluate_model, latest_progress, make_job, read_experiment_config, refresh, run_job)
 from gankd.experiments.report import write_report
 from gankd.files import atomic_write_bytes
 from gankd.metrics.registry import QUALITY, columns_of, metric_value
@@ -50,28 +50,10 @@ EVALUATION_KEYS = set(EVALUATION_DEFAULTS) | {"primary"}
 
 
 def load_spec(path: Path) -> dict[str, Any]:
-    try:
-        spec = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise GankdError(f"{path}: no such sweep config") from None
-    except json.JSONDecodeError as exc:
-        raise GankdError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(spec, dict):
-        raise GankdError(f"{path}: a sweep config is a JSON object")
-    unknown = sorted(set(spec) - SPEC_KEYS)
-    if unknown:
-        raise GankdError(f"{path}: unknown key(s) {unknown}; a sweep config has {sorted(SPEC_KEYS)}")
-    for key in ("data", "teacher", "depths", "methods"):
-        if key not in spec:
-            raise GankdError(f"{path}: missing key {key!r}")
+    spec = read_experiment_config(path, "sweep", SPEC_KEYS, ("data", "teacher", "depths", "methods"))
     bad_methods = sorted(set(spec["methods"]) - set(METHODS))
     if bad_methods:
         raise GankdError(f"{path}: unknown method(s) {bad_methods}; choose from {list(METHODS)}")
-    if not spec["depths"] or not all(isinstance(d, int) and d >= 1 for d in spec["depths"]):
-        raise GankdError(f"{path}: depths must be a non-empty list of positive integers")
-    seeds = spec.get("seeds", [0])
-    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise GankdError(f"{path}: seeds must be a non-empty list of distinct non-negative integers")
     unknown_eval = sorted(set(spec.get("evaluation", {})) - EVALUATION_KEYS)
     if unknown_eval:
         raise GankdError(f"{path}: unknown evaluation key(s) {unknown_eval}; known: {sorted(EVALUATION_KEYS)}")
