@@ -9,11 +9,12 @@ exits 75 (EX_TEMPFAIL); an interrupted run exits 130 after saving its checkpoint
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from gankd.config import (BALANCES, CHANNELS, DEFAULT_IMAGE_SIZE, DEFAULT_LATENT_DIM, DISTILL_METHODS, IMAGE_SIZES, LOSSES, MAX_BATCH_SIZE,
                           MAX_DEPTH, MAX_LATENT_DIM, MAX_SEED, MONITORS, MSE_REDUCTIONS, PRECISIONS, RunConfig, bounded_int, read_options)
@@ -23,6 +24,26 @@ from gankd.progress import set_quiet
 
 
 MAX_GRID_IMAGES = 4096  # gankd sample: one PNG grid, held in memory
+
+
+class GankdParser(argparse.ArgumentParser):
+    """argparse with gankd's errors: no abbreviated options (``--dep 2`` is not ``--depth 2``), and
+    a usage error is one line -- with a suggestion for a misspelt option and a pointer to --help --
+    instead of the usage block."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def unknown_options(self, extras: list[str]) -> NoReturn:
+        """Arguments no option of this command takes: named, each with the closest option."""
+        known = [name for action in self._actions for name in action.option_strings]
+        hints = [f"{close[0]} for {arg}" for arg in extras if arg.startswith("-")
+                 and (close := difflib.get_close_matches(arg.split("=")[0], known, n=1))]
+        self.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; did you mean {', '.join(hints)}?" if hints else ""))
 
 
 class _OneDefaultFormatter(argparse.HelpFormatter):
@@ -369,14 +390,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gankd", description="Compress GAN generators by knowledge distillation.")
+    parser = GankdParser(prog="gankd", description="Compress GAN generators by knowledge distillation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _run_parser(sub, "train", "train a GAN from scratch (a teacher, or a regular baseline of a student's size)", distill=False).set_defaults(func=cmd_train)
     _run_parser(sub, "distill", "distill a small student generator from a teacher", distill=True).set_defaults(func=cmd_distill)
 
     p = sub.add_parser("sample", help="write a PNG grid of samples from a generator")
-    p.add_argument("checkpoint", help="gankd checkpoint or TorchScript generator")
+    p.add_argument("checkpoint", help="generator: a gankd checkpoint (.safetensors), an ONNX file or a TorchScript file (TorchScript is code: only files you trust)")
     p.add_argument("--n", type=bounded_int(1, MAX_GRID_IMAGES), default=64, help="number of images")
     p.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0, help="latent seed: same seed, same images")
     p.add_argument("--out", type=Path, default=Path("grid.png"), help="output PNG")
@@ -384,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("info", help="architecture, parameters, cost and compression ratio of a checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a gankd generator or critic checkpoint (.safetensors), an ONNX file or a TorchScript file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_info)
 
@@ -462,11 +483,15 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():
         command.formatter_class = _OneDefaultFormatter
         command.add_argument("--quiet", action="store_true", help="no progress output (errors and results still print)")
+    parser.commands = sub.choices  # name -> its parser, for errors about its options
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        parser.commands[args.command].unknown_options(extras)
     set_quiet(args.quiet)
     try:
         return args.func(args)

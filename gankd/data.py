@@ -21,7 +21,6 @@ import json
 import math
 import os
 import pickle
-import sys
 import tempfile
 import warnings
 import zlib
@@ -35,7 +34,7 @@ from PIL import Image, ImageMode
 
 from gankd.config import IMAGE_SIZES
 from gankd.errors import GankdError
-from gankd.progress import progress
+from gankd.progress import note, progress
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -143,7 +142,7 @@ def load_dataset(
             channels = images.shape[1]
             chose = "every image is greyscale: 1 channel (--channels 3 for RGB)" if channels == 1 else \
                 "colour images: 3 channels (--channels 1 for grey)"
-            print(f"gankd: {root}: {chose}", file=sys.stderr)
+            note(f"note: {root}: {chose}")
     if channels != native:
         name += f"-c{channels}"
     return ImageData(torch.from_numpy(np.ascontiguousarray(images)), labels, name)

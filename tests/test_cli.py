@@ -95,8 +95,8 @@ def test_out_of_range_values_are_usage_errors(args: list[str], message: str) -> 
     (["distill", "--teacher", "x", "--depth", "4,100000"], "--depth: must be <= 512"),
     (["params", "--depth", "513"], "--depth: must be <= 512"),
     (["sample", "x", "--seed", "18446744073709551616"], "--seed: must be <= 4294967295"),
-    (["evaluate", "x", "--seed", "-5"], "--seed: must be in 0..4294967295"),
-    (["evaluate", "x", "--samples", "1000000000"], "--samples: must be in 10..200000"),
+    (["evaluate", "x", "--seed", "-5"], "--seed: must be >= 0"),
+    (["evaluate", "x", "--samples", "1000000000"], "--samples: must be <= 200000"),
     (["sample", "x", "--n", "1000000000"], "--n: must be <= 4096"),
 ])
 def test_limits_are_usage_errors(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
@@ -241,3 +241,22 @@ def test_limit_merges_a_config_without_a_teacher_with_the_teacher_flag(tmp_path:
     config.write_text('{"method": "mse", "steps": 50, "terms": {"relation": 2}}')
     assert main(["limit", "--config", str(config), "--teacher", "t.safetensors", "--out", str(tmp_path / "l"), "--mmd-weight", "1"]) == 0
     assert seen["teacher"] == "t.safetensors" and seen["steps"] == 50 and seen["terms"] == {"relation": 2, "mmd": 1.0}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--dep", "2"], "unrecognized arguments: --dep 2; did you mean --depth for --dep?"),  # no abbreviations
+    (["distill", "--teacher", "x", "--mse-weigth", "2"], "did you mean --mse-weight for --mse-weigth?"),
+    (["train", "--depth", "0"], "argument --depth: must be >= 1, got 0"),
+    (["train", "--image-size", "48"], "invalid choice: 48"),
+])
+def test_usage_errors_are_one_line_with_a_suggestion_and_a_pointer_to_help(args: list[str], message: str) -> None:
+    result = run_gankd(*args, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr  # no usage block
+    assert lines[0].startswith(f"gankd {args[0]}: error: ") and message in lines[0] and lines[0].endswith(f"(see gankd {args[0]} --help)")
+
+
+@pytest.mark.parametrize("command", ["sample", "info", "evaluate"])
+def test_help_names_every_generator_file_kind_a_command_reads(command: str) -> None:
+    text = " ".join(run_gankd(command, "--help").stdout.split())
+    assert all(kind in text for kind in (".safetensors", "ONNX", "TorchScript")), text

@@ -244,8 +244,8 @@ def _metric_list(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="CKPT", help="gankd checkpoint or TorchScript generator")
-    parser.add_argument("--teacher", metavar="CKPT", help="the teacher: enables fidelity and the compression ratio")
+    parser.add_argument("checkpoint", metavar="CKPT", help="generator: a gankd checkpoint (.safetensors), an ONNX file or a TorchScript file (TorchScript is code: only files you trust)")
+    parser.add_argument("--teacher", metavar="CKPT", help="the teacher (the same file kinds): enables fidelity and the compression ratio")
     parser.add_argument(
         "--metrics",
         type=_metric_list,
