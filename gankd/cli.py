@@ -84,7 +84,7 @@ def _depths(text: str) -> list[int]:
 # Options shared by `train` and `distill`: (RunConfig field, argparse kwargs, help); the flag is the field's name.
 RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("out", {}, "run folder: config.json, metrics.csv, samples/, checkpoints/, generator.safetensors"),
-    ("dataset", {"choices": DATASETS}, "training data format"),
+    ("dataset", {"choices": DATASETS}, "training data format (default: a student's teacher's, else mnist)"),
     ("data", {}, "dataset root folder (default for mnist: the MNIST shipped in data/mnist; "
                  "for fashion-mnist: $GANKD_DATA/fashion-mnist, $GANKD_DATA defaulting to data/)"),
     ("image_size", {"type": int, "choices": IMAGE_SIZES}, "image size S (default: the teacher's, else 32)"),

@@ -46,10 +46,20 @@ from gankd.progress import progress
 from gankd.runtime import Runtime, check_precision, distributed_runtime, owned_run_folders, stop_flag, stop_requests
 
 PER_MEMBER = ("out", "depth", "critic_depth", "init", "critic_init")  # what may differ between the students of one run
-FILLED_AT_START = ("image_size", "channels", "latent_dim")  # None: taken from the teacher or data (resolve_shapes)
+FILLED_AT_START = ("dataset", "data", "image_size", "channels", "latent_dim")  # None: from the teacher or data (resolve_data, resolve_shapes)
 
 
 # --------------------------------------------------------------------------- set-up
+
+
+def resolve_data(cfg: RunConfig, teacher: Teacher | None) -> RunConfig:
+    """The data a run reads and records: its own, else its teacher's (a joint student of a
+    folder-trained teacher trains its critic on that folder, and its config.json says so), else MNIST."""
+    if cfg.dataset is not None:
+        return cfg
+    source = (teacher.meta.get("dataset") or {}) if teacher is not None else {}
+    kind = source.get("kind") or "mnist"
+    return replace(cfg, dataset=kind, data=cfg.data if cfg.data is not None or kind != source.get("kind") else source.get("root"))
 
 
 def resolve_shapes(cfg: RunConfig, teacher: Teacher | None, data: ImageData | None) -> RunConfig:
@@ -139,6 +149,8 @@ def set_up(cfgs: list[RunConfig], resume: bool, rt: Runtime) -> Run:
     base = cfgs[0]
     check_precision(base.precision, device)
     teacher = load_teacher(base, device) if base.method != "gan" else None
+    cfgs = [resolve_data(cfg, teacher) for cfg in cfgs]
+    base = cfgs[0]
     # Data at the run's image size but in its own channels (unless --channels asks otherwise), so
     # that a teacher and data of different channels are reported, not silently converted.
     image_size = resolve_shapes(base, teacher, None).image_size
@@ -146,7 +158,7 @@ def set_up(cfgs: list[RunConfig], resume: bool, rt: Runtime) -> Run:
     cfgs = [resolve_shapes(cfg, teacher, data) for cfg in cfgs]
     check_same_run(cfgs)
     base = cfgs[0]
-    monitor_name = resolve_monitor(base.monitor, base.method, base.dataset if base.method == "gan" else (teacher.meta.get("dataset") or {}).get("kind"), base.channels)
+    monitor_name = resolve_monitor(base.monitor, base.method, base.dataset, base.channels)
     monitor = (build_monitor(monitor_name, base.latent_dim, device, teacher.module if teacher else None, data)
                if base.patience or base.monitor != "auto" else None)
     goal = objective(base)

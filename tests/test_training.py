@@ -239,3 +239,24 @@ def test_monitors_are_the_evaluated_metrics_at_their_samples_and_seed(mnist_teac
     expected = teacher_fidelity(student, teacher, convergence.FIDELITY_LATENTS, "cpu", convergence.FIDELITY_SEED)["mse"]
     assert fidelity(student) == pytest.approx(expected, rel=1e-9)
     assert convergence.FIDELITY_SEED + HELD_OUT_SEED > 2**30  # far from the evaluation seeds (0, 1, 2, ...)
+
+
+def test_a_student_reads_and_records_its_teachers_data(tmp_path: Path) -> None:
+    """A student of a folder-trained teacher names that folder in its config.json, as ``info``
+    does, and a joint student's critic trains on it, not on the default MNIST."""
+    from PIL import Image
+    import numpy as np
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, image in enumerate(np.random.default_rng(3).integers(0, 256, (24, 32, 32), dtype=np.uint8)):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    teacher = train(RunConfig(out=str(tmp_path / "t"), dataset="folder", data=str(folder), channels=1, depth=4, loss="dcgan",
+                              steps=2, batch_size=8, log_every=1, sample_every=2, checkpoint_every=2)) / "generator.safetensors"
+    for method, options in (("mse", {}), ("joint", {"loss": "dcgan", "critic_depth": 4})):
+        run = train(RunConfig(out=str(tmp_path / method), method=method, teacher=str(teacher), depth=2, steps=2, batch_size=8,
+                              log_every=1, sample_every=2, checkpoint_every=2, **options))
+        saved = RunConfig.load(run / "config.json")
+        assert (saved.dataset, saved.data) == ("folder", str(folder))
+        _, meta = load_generator(run / "generator.safetensors")
+        assert meta["dataset"]["kind"] == "folder" and meta["dataset"]["root"] == str(folder)
