@@ -87,7 +87,7 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("dataset", {"choices": DATASETS}, "training data format (default: a student's teacher's, else mnist)"),
     ("data", {}, "dataset root folder (default for mnist: the MNIST shipped in data/mnist; "
                  "for fashion-mnist: $GANKD_DATA/fashion-mnist, $GANKD_DATA defaulting to data/)"),
-    ("image_size", {"type": int, "choices": IMAGE_SIZES}, "image size S (default: the teacher's, else 32)"),
+    ("image_size", {"type": int, "choices": IMAGE_SIZES}, "image size S (default: the teacher's; for a GAN on a folder or CelebA the largest size its images fill; else 32)"),
     ("channels", {"type": int, "choices": CHANNELS}, "image channels (default: the teacher's, else the data's)"),
     ("depth", {"type": bounded_int(1, MAX_DEPTH)}, "generator depth d (channels of the last hidden layer)"),
     ("critic_depth", {"type": bounded_int(1, MAX_DEPTH)}, "critic depth (default: the generator's depth; with the dcgan loss "

@@ -81,7 +81,7 @@ class RunConfig:
     # data (needed by gan and joint; mse distillation uses no training data)
     dataset: str | None = None  # None = a student's teacher's (as its checkpoint records it), else "mnist"
     data: str | None = None  # dataset root; None = the teacher's with its dataset, or the vendored MNIST for "mnist"
-    image_size: int | None = None  # None = the teacher's (distillation), else DEFAULT_IMAGE_SIZE
+    image_size: int | None = None  # None = the teacher's (distillation), the data's (data.natural_image_size), else DEFAULT_IMAGE_SIZE
     channels: int | None = None  # None = the teacher's, else the dataset's own
     # networks
     depth: int = 64

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageMode
 
-from gankd.config import IMAGE_SIZES
+from gankd.config import DEFAULT_IMAGE_SIZE, IMAGE_SIZES
 from gankd.errors import GankdError
 from gankd.progress import note, progress
 
@@ -86,6 +86,32 @@ class ImageData:
     @property
     def image_size(self) -> int:
         return self.images.shape[-1]
+
+
+def natural_image_size(kind: str, root: str | Path | None) -> int:
+    """The image size a run on this data trains at unless told: the largest supported size at or
+    below the images' shorter side (every image's, for a folder; the first's for CelebA, whose
+    aligned images share one size), and DEFAULT_IMAGE_SIZE for the 28- and 32-pixel sets. A
+    folder's or CelebA's choice is said in a note, as it may shrink the images."""
+    if kind not in ("folder", "celeba") or root is None or not Path(root).expanduser().is_dir():
+        return DEFAULT_IMAGE_SIZE  # (a missing folder is reported by load_dataset)
+    root = Path(root).expanduser()
+    files = _image_files(root) if kind == "folder" else _celeba_files(root, "all")[0][:1]
+    if not files:
+        return DEFAULT_IMAGE_SIZE
+    shorter = min(min(_image_dimensions(path)) for path in files)
+    size = max([s for s in IMAGE_SIZES if s <= shorter], default=IMAGE_SIZES[0])
+    note(f"note: {root}: images are at least {shorter} px on their shorter side: training at {size}x{size} "
+         f"({'enlarged' if size > shorter else 'the largest size that fits'}; --image-size to choose)")
+    return size
+
+
+def _image_dimensions(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as image:  # reads the header only
+            return image.size
+    except (OSError, Image.DecompressionBombError) as e:
+        raise GankdError(f"{path}: not a readable image ({e})") from None
 
 
 def load_dataset(

@@ -36,7 +36,7 @@ import torch
 from gankd import checkpoint as ckpt
 from gankd.config import DEFAULT_IMAGE_SIZE, DEFAULT_LATENT_DIM, RunConfig
 from gankd.convergence import Monitor, build_monitor, resolve_monitor
-from gankd.data import ImageData, load_dataset, to_unit_range
+from gankd.data import ImageData, load_dataset, natural_image_size, to_unit_range
 from gankd.errors import GankdError, RunDiverged, RunInterrupted
 from gankd.losses import GeneratorObjective, TermInputs, critic_loss
 from gankd.members import (SAMPLE_LATENT_SEED, Member, Streams, Teacher, build_member, check_and_summarise, join, load_teacher, record,
@@ -151,6 +151,10 @@ def set_up(cfgs: list[RunConfig], resume: bool, rt: Runtime) -> Run:
     teacher = load_teacher(base, device) if base.method != "gan" else None
     cfgs = [resolve_data(cfg, teacher) for cfg in cfgs]
     base = cfgs[0]
+    if teacher is None and base.image_size is None:  # a GAN from scratch: the data's own size, said (natural_image_size)
+        size = natural_image_size(base.dataset, base.data)
+        cfgs = [replace(cfg, image_size=size) for cfg in cfgs]
+        base = cfgs[0]
     # Data at the run's image size but in its own channels (unless --channels asks otherwise), so
     # that a teacher and data of different channels are reported, not silently converted.
     image_size = resolve_shapes(base, teacher, None).image_size

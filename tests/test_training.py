@@ -260,3 +260,20 @@ def test_a_student_reads_and_records_its_teachers_data(tmp_path: Path) -> None:
         assert (saved.dataset, saved.data) == ("folder", str(folder))
         _, meta = load_generator(run / "generator.safetensors")
         assert meta["dataset"]["kind"] == "folder" and meta["dataset"]["root"] == str(folder)
+
+
+def test_a_gan_on_a_folder_trains_at_the_size_its_images_fill_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+    import numpy as np
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, image in enumerate(np.random.default_rng(4).integers(0, 256, (8, 70, 90), dtype=np.uint8)):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    options = dict(dataset="folder", data=str(folder), depth=2, loss="dcgan", steps=1, batch_size=4, log_every=1, sample_every=1,
+                   checkpoint_every=1)
+    run = train(RunConfig(out=str(tmp_path / "auto"), **options))
+    assert RunConfig.load(run / "config.json").image_size == 64 and load_generator(run / "generator.safetensors")[1]["arch"]["image_size"] == 64
+    assert f"note: {folder}: images are at least 70 px on their shorter side: training at 64x64" in capsys.readouterr().err
+    run = train(RunConfig(out=str(tmp_path / "asked"), image_size=32, **options))
+    assert RunConfig.load(run / "config.json").image_size == 32 and "images are at least" not in capsys.readouterr().err
