@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from gankd.config import RunConfig
 from gankd.training import train
@@ -31,3 +32,19 @@ def mnist_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train(RunConfig(out=str(out), dataset="mnist", image_size=32, depth=16, loss="dcgan", steps=200,
                     batch_size=64, log_every=50, sample_every=200, checkpoint_every=100))
     return out / "generator.safetensors"
+
+
+def assert_resume_is_exact(tmp_path: Path, common: dict) -> dict:
+    """Train 20 steps straight and 10 + 10 with a resume (``tmp_path``/full and /split); every
+    checkpointed tensor but the random-generator states must match bit for bit. The full run's tensors."""
+    from gankd.checkpoint import read_checkpoint
+
+    train(RunConfig(out=str(tmp_path / "full"), steps=20, **common))
+    train(RunConfig(out=str(tmp_path / "split"), steps=10, **common))
+    train(RunConfig(out=str(tmp_path / "split"), steps=20, **common), resume=True)
+    a, _ = read_checkpoint(tmp_path / "full" / "checkpoints" / "last.safetensors")
+    b, _ = read_checkpoint(tmp_path / "split" / "checkpoints" / "last.safetensors")
+    for name in a:
+        if not name.startswith("rng"):
+            assert torch.equal(a[name], b[name]), name
+    return a

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, run_gankd
+from conftest import ROOT, assert_resume_is_exact, run_gankd
 from gankd.checkpoint import load_generator, read_checkpoint
 from gankd.config import RunConfig
 from gankd.errors import GankdError
@@ -71,14 +71,7 @@ def test_joint_student_and_regular_baseline_run(mnist_teacher: Path, tmp_path: P
 def test_resume_is_exact(tmp_path: Path) -> None:
     """Stopping at a checkpoint and resuming gives bit-identical weights to an uninterrupted run."""
     common = dict(depth=4, loss="wgan-gp", log_every=5, checkpoint_every=10, sample_every=100, critic_steps=2, batch_size=16)
-    train(RunConfig(out=str(tmp_path / "full"), steps=20, **common))
-    train(RunConfig(out=str(tmp_path / "split"), steps=10, **common))
-    train(RunConfig(out=str(tmp_path / "split"), steps=20, **common), resume=True)
-    a, _ = read_checkpoint(tmp_path / "full" / "checkpoints" / "last.safetensors")
-    b, _ = read_checkpoint(tmp_path / "split" / "checkpoints" / "last.safetensors")
-    for name in a:
-        if not name.startswith("rng"):
-            assert torch.equal(a[name], b[name]), name
+    assert_resume_is_exact(tmp_path, common)
     assert [r["step"] for r in rows(tmp_path / "split")] == ["5", "10", "15", "20"]
     assert [r["d_loss"] for r in rows(tmp_path / "split")] == [r["d_loss"] for r in rows(tmp_path / "full")]
 
