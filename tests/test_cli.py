@@ -129,7 +129,7 @@ def test_unknown_config_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
     ({"betas": [0.5, "0.9"]}, "betas must be a list of 2 numbers"),
     ({"alpha": True}, "alpha must be a number, got true"),
     ({"channels_last": "yes"}, "channels_last must be true or false"),
-    ({"dataset": 3}, "dataset must be a string, got 3"),
+    ({"dataset": 3}, "dataset must be a string or null, got 3"),
     ({"seed": 2**64 - 1}, "seed must be in 0..4294967295"),
     ({"latent_dim": 10**9}, "latent size must be in 1..1024"),
     ({"depth": 100_000}, "depth must be in 1..512"),

@@ -436,7 +436,7 @@ def test_reference_statistics_are_cached_per_inception_backend(tmp_path, monkeyp
 def test_registry_drives_defaults_table_and_report_columns():
     assert default_metrics(digits=True, has_teacher=False) == ["is", "cfid", "cost"]
     assert default_metrics(digits=False, has_teacher=True) == ["fid", "kid", "pr", "fidelity", "cost"]
-    from gankd.experiments.jobs import METRIC_OF, QUALITY  # what a sweep report compares
+    from gankd.metrics.registry import METRIC_OF, QUALITY  # what a sweep report compares
 
     columns = {name: (c.label, c.higher_is_better) for name, c in QUALITY.items()}
     assert columns["precision"] == ("precision", True) and columns["recall"] == ("recall", True)
