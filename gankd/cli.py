@@ -382,7 +382,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from gankd.export import bench_exported, export_generator, format_export, format_timings
 
-    result = export_generator(args.checkpoint, args.out, int8=args.int8, opset=args.opset)
+    result = export_generator(args.checkpoint, args.out, int8=args.int8, int8_convs=args.int8_convs, opset=args.opset,
+                              check_samples=args.check_samples)
     print(format_export(result))
     if args.bench:
         print(format_timings(bench_exported(args.checkpoint, result), torch.get_num_threads()))
@@ -467,13 +468,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
-    from gankd.export import DEFAULT_OPSET, OPSETS
+    from gankd.export import DEFAULT_OPSET, INT8_QUALITY, OPSETS, QUALITY_SAMPLES
 
     p = sub.add_parser("export", help="a generator as an ONNX file (float32 or int8) for ONNX Runtime, checked against PyTorch")
     p.add_argument("checkpoint", metavar="CKPT", help="gankd checkpoint (.safetensors)")
     p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
-    p.add_argument("--int8", action="store_true", help="static int8 quantisation calibrated on latents (QDQ); "
-                                                       "prints the float model's size and parity beside it")
+    p.add_argument("--int8", action="store_true", help="static int8 quantisation of the first layer (most of a student's weights), "
+                                                       "calibrated on latents (QDQ): a 2-3x smaller student, as fast as float32; "
+                                                       "checked for quality and timed against float32")
+    p.add_argument("--int8-convs", action="store_true", help="int8 for the hidden layers too (as sub-pixel convolutions): the smallest "
+                                                             "file, but slower than float32 at batch 1 for small students on a CPU")
+    p.add_argument("--check-samples", type=bounded_int(10), default=QUALITY_SAMPLES, metavar="N",
+                   help=f"latents of the int8 quality check: PSNR >= {INT8_QUALITY.psnr_db:g} dB to float32, and the IS "
+                        f"(MNIST digit generators, within {INT8_QUALITY.is_change * 100:g}%%) or the FID to float32's images "
+                        f"(others, Inception; at most {INT8_QUALITY.fid:g})")
     p.add_argument("--opset", type=int, choices=OPSETS, default=DEFAULT_OPSET, metavar="N",
                    help=f"ONNX opset, {OPSETS.start}..{OPSETS.stop - 1} (default: {DEFAULT_OPSET})")
     p.add_argument("--bench", action="store_true", help="then time PyTorch eager, gankd's PyTorch path and ONNX Runtime "

@@ -143,7 +143,7 @@ def evaluate(
     }
 
     needed = {net for name in metrics for net in METRICS[name].networks}
-    networks = _feature_networks(needed, meta, device, inception_path, inception_backend)
+    networks = feature_networks(needed, meta, device, inception_path, inception_backend)
     generated: dict[str, np.ndarray] = {}
     if networks:
         nets = {name: net for name, (_, net) in networks.items()}
@@ -183,7 +183,7 @@ def real_floor(meta: dict[str, Any], metrics: list[str] | tuple[str, ...], sampl
     return results
 
 
-def _feature_networks(
+def feature_networks(
     names: set[str], meta: dict[str, Any], device: torch.device, inception_path: str | Path | None, inception_backend: str | None
 ) -> dict[str, tuple[str, FeatureNetwork]]:
     """The feature networks the metrics read, by name: (network id, network). The Inception id
