@@ -117,6 +117,55 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     assert "Joint against the same MSE students continued by MSE" in report and "same seed, joint − continued" in report
 
 
+VARIANTS = {
+    "name": "variants",
+    "data": {"dataset": "mnist", "image_size": 32},
+    "common": {"batch_size": 16, "log_every": 5, "checkpoint_every": 5, "sample_every": 10},
+    "seeds": [0, 1],
+    "teacher": {"depth": 8, "loss": "dcgan", "steps": 10, "eval_every": 5, "monitor": "is"},
+    "depths": [2],
+    "methods": {"mse+relation": {"method": "mse", "terms": {"relation": 10.0}, "steps": 6},
+                "mse": {"steps": 6},
+                "regular": {"loss": "dcgan", "critic_depth": 4, "steps": 5}},
+    "evaluation": {"metrics": ["is", "fidelity"], "samples": 100},
+}
+
+
+def test_a_named_student_variant_is_trained_and_reported_beside_mse_and_the_teacher_against_regular_gans(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_gankd("sweep", str(write(tmp_path / "v.json", VARIANTS)), "--out", str(out))
+    config = json.loads((out / "runs" / "mse+relation" / "s1" / "d2" / "config.json").read_text())
+    assert config["method"] == "mse" and config["terms"]["relation"] == 10.0 and config["seed"] == 1
+    assert json.loads((out / "runs" / "mse" / "s0" / "d2" / "config.json").read_text())["terms"].get("relation", 0) == 0
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["method"] for r in rows} == {"teacher", "mse", "mse+relation", "regular"}
+    assert all(r["fidelity_mse"] for r in rows if r["method"] == "mse+relation")  # scored as a student
+    table = (out / "table.md").read_text()
+    assert table.index("IS (Stu. (MSE))") < table.index("IS (Stu. (mse+relation))") < table.index("IS (Reg.)")  # built-ins first
+    summary = json.loads((out / "summary.json").read_text())
+    assert {(r["method"], r["metric"]) for r in summary["rows"]} >= {("mse+relation", "is"), ("mse+relation", "fidelity_mse")}
+    report = (out / "report.md").read_text()
+    assert "- Stu. (mse+relation) against the regular GAN of its size, IS: d=2:" in report
+    teacher_is = float(next(r["is"] for r in rows if r["method"] == "teacher"))
+    line = next(line for line in report.splitlines() if line.startswith("- Teacher ("))
+    assert line.startswith(f"- Teacher ({teacher_is:.3g}) against the regular GANs, IS: ") and "beat every regular GAN" in line
+    assert "One row per monitor: is (teacher)." in report  # the teacher's own training curve (the students' runs are too short)
+    assert "then Stu. (mse+relation)" in report
+    assert "figure11.png" in report
+
+
+def test_the_teacher_finding_needs_the_teacher_beyond_every_interval() -> None:
+    from gankd.experiments.report import teacher_finding
+
+    regular = {16: Estimate(35.0, 16.0, 3), 8: Estimate(60.0, 5.0, 3)}
+    line = teacher_finding(30.0, regular, "FID", higher=False)
+    assert "better than the whole 95% interval at d = 8, not at d = 16: the teacher is not shown to beat every regular GAN" in line
+    assert "Teacher / best regular mean (d=16, 35 ± 16) = 0.86" in line
+    assert "at every depth (d = 16, 8): the teacher beats every regular GAN" in teacher_finding(18.0, regular, "FID", higher=False)
+    assert "undecided" in teacher_finding(18.0, {16: Estimate(35.0, math.nan, 1)}, "FID", higher=False)
+
+
 def test_confidence_intervals_match_scipy() -> None:
     rng = np.random.default_rng(0)
     for n in (2, 3, 5, 10):
@@ -146,6 +195,9 @@ def test_claims_need_intervals_that_do_not_overlap() -> None:
     (lambda s: s.update(depths=[0]), "positive integers"),
     (lambda s: s.update(seeds=[1, 1]), "distinct"),
     (lambda s: s["methods"].update(regular={"recipes": {}}), "recipes"),
+    (lambda s: s["methods"].update(kd={"terms": {"relation": 1.0}}), "unknown method 'kd'.*give \"method\""),
+    (lambda s: s["methods"].update({"K D": {"method": "mse"}}), "unknown method 'K D'"),
+    (lambda s: s["methods"].update(kd={"method": "gan"}), "unknown method 'kd'"),
 ])
 def test_bad_sweep_configs(tmp_path: Path, change, message: str) -> None:
     spec = json.loads(json.dumps(TINY))
@@ -330,7 +382,7 @@ def test_table_cells_round_the_mean_to_its_interval_and_one_seed_decides_nothing
     assert _fmt(Estimate(6.6612, 0.0981, 3)) == "6.661 ± 0.098" and _fmt(Estimate(8.3, 0.25, 3)) == "8.30 ± 0.25"
     assert _fmt(Estimate(585.2, 131.0, 2)) == "585 ± 131" and _fmt(Estimate(7.06, math.nan, 1)) == "7.06"
     agg = {("mse", 2): {"is": Estimate(6.66, 0.1, 3), "parameters": 13_487}, ("joint", 2): {"is": Estimate(7.06, math.nan, 1), "parameters": 13_487}}
-    lines = findings(SimpleNamespace(depths=[2], after={}), {"is": 8.36, "parameters": 3_443_585}, agg, "is", 0.9)
+    lines = findings(SimpleNamespace(depths=[2], after={}, spec={"methods": {"mse": {}, "joint": {}}}), {"is": 8.36, "parameters": 3_443_585}, agg, "is", 0.9)
     assert any("Joint against MSE" in line and "undecided (one seed" in line for line in lines)
     assert any(line.startswith("- Stu. (joint): one seed so far") for line in lines)
     assert not any("beats" in line or "ties" in line for line in lines)
@@ -344,7 +396,7 @@ def test_warm_started_joint_students_are_also_compared_seed_by_seed() -> None:
     # the seeds' spread (6.3 .. 7.2) hides a difference that every seed shows (+0.4 +- 0.1)
     mse, joint = {0: 6.3, 1: 6.8, 2: 7.2}, {0: 6.75, 1: 7.15, 2: 7.62}
     agg = {(m, 2): {"is": estimate(list(v.values())), "is_by_seed": v, "parameters": 13_487} for m, v in (("mse", mse), ("joint", joint))}
-    plan = SimpleNamespace(depths=[2], after={"joint/s0": "mse/s0"})
+    plan = SimpleNamespace(depths=[2], after={"joint/s0": "mse/s0"}, spec={"methods": {"mse": {}, "joint": {}, "mse-continued": {}}})
     line = next(x for x in findings(plan, {"parameters": 3_443_585}, agg, "is", 0.9) if "Joint against MSE" in x)
     difference = estimate([joint[s] - mse[s] for s in mse])
     assert "ties (intervals overlap)" in line and f"same seed, joint − MSE = {difference.mean:.2f} ± {difference.ci95:.2f}" in line and line.endswith(": better).")

@@ -30,6 +30,18 @@ from gankd.files import atomic_write_bytes, file_sha256
 from gankd.metrics.registry import columns_of, metric_value
 
 STUDENT_METHODS = ("mse", "joint", "mse-continued")  # distilled from the teacher (the rest are GANs trained on data)
+GAN_METHODS = ("teacher", "regular")  # trained on data; every other method (a named student variant too) is distilled
+
+
+def is_student(method: str) -> bool:
+    """A method whose models are distilled from the teacher: a built-in one or a named variant."""
+    return method not in GAN_METHODS
+
+
+def student_methods(spec: dict[str, Any]) -> list[str]:
+    """The distilled methods of a sweep config: the built-in ones it names, then its named
+    variants, in the config's order."""
+    return [m for m in STUDENT_METHODS if m in spec["methods"]] + [m for m in spec["methods"] if m not in STUDENT_METHODS and is_student(m)]
 EVALUATION_DEFAULTS = {"metrics": ["is", "cfid", "fidelity", "cost"], "samples": 10000, "seed": 0, "device": "auto"}
 
 
@@ -37,7 +49,7 @@ EVALUATION_DEFAULTS = {"metrics": ["is", "cfid", "fidelity", "cost"], "samples":
 class Model:
     """One trained generator, as the report sees it."""
 
-    method: str  # teacher | mse | joint | regular
+    method: str  # teacher | mse | joint | mse-continued | regular | a named student variant
     depth: int
     seed: int
     checkpoint: Path
@@ -203,7 +215,7 @@ def run_job(job: Job, threads: int, children: Children | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "job.json"
     atomic_write_bytes(config_path, (json.dumps(job.options, indent=2) + "\n").encode())
-    command = "distill" if job.method in STUDENT_METHODS else "train"
+    command = "distill" if is_student(job.method) else "train"
     depths = ",".join(str(c.depth) for c in job.configs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     out = folder if len(job.configs) > 1 else Path(job.configs[0].out)  # one depth: the CLI writes straight to --out
@@ -254,7 +266,7 @@ def evaluate_model(model: Model, metrics: list[str], samples: int, seed: int, de
     contents they were scored with, so a fresh clone re-evaluates nothing)."""
     from gankd.metrics.evaluate import evaluate, json_ready
 
-    if model.method not in STUDENT_METHODS:
+    if not is_student(model.method):
         metrics = [m for m in metrics if m != "fidelity"]
     cache = model.run_dir / "eval.json"
     key = evaluation_key(metrics, samples, seed)

@@ -17,19 +17,38 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gankd.config import DISTILL_METHODS  # noqa: E402
 from gankd.checkpoint import load_generator, read_checkpoint  # noqa: E402
-from gankd.experiments.jobs import Model, SweepResult  # noqa: E402
+from gankd.experiments.jobs import Model, SweepResult, student_methods  # noqa: E402
 from gankd.metrics.registry import QUALITY, columns_of, metric_value  # noqa: E402
 from gankd.experiments.stats import Estimate, better, estimate, keeps, smallest_kept  # noqa: E402
 from gankd.files import atomic_write_bytes  # noqa: E402
 from gankd.imaging import save_comparison  # noqa: E402
 from gankd.sampling import images_from  # noqa: E402
 
-METHOD_LABELS = {"mse": "Stu. (MSE)", "joint": "Stu. (joint)", "mse-continued": "Stu. (MSE, continued)", "regular": "Reg."}
-COLORS = {"mse": "tab:blue", "joint": "tab:orange", "mse-continued": "tab:purple", "regular": "tab:green"}
+METHOD_LABELS = {"mse": "Stu. (MSE)", "joint": "Stu. (joint)", "mse-continued": "Stu. (MSE, continued)", "regular": "Reg.", "teacher": "teacher"}
+COLORS = {"mse": "tab:blue", "joint": "tab:orange", "mse-continued": "tab:purple", "regular": "tab:green", "teacher": "black"}
+VARIANT_COLORS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")  # named student variants, in order
 FIGURE_LATENTS, FIGURE_SEED = 12, 11
 CHANCE_IS = 1.5  # below this an MNIST generator's IS says little more than "not digits"
+
+
+def methods(sweep: SweepResult) -> list[str]:
+    """The sweep's methods in report order: its students (built-in, then named variants), then regular."""
+    return student_methods(sweep.spec) + (["regular"] if "regular" in sweep.spec["methods"] else [])
+
+
+def label(method: str) -> str:
+    return METHOD_LABELS.get(method, f"Stu. ({method})")
+
+
+def color(sweep: SweepResult, method: str) -> str:
+    variants = [m for m in student_methods(sweep.spec) if m not in COLORS]
+    return COLORS.get(method) or VARIANT_COLORS[variants.index(method) % len(VARIANT_COLORS)]
+
+
+def distilled(sweep: SweepResult) -> list[str]:
+    """The students compared with the regular GANs and drawn in Figure 11 (all but the control)."""
+    return [m for m in student_methods(sweep.spec) if m != "mse-continued"]
 
 
 # --------------------------------------------------------------------------- per model
@@ -65,7 +84,7 @@ def cells(sweep: SweepResult, rows: list[dict[str, Any]], columns: list[str]) ->
     """(method, depth) -> {column: Estimate over seeds, "parameters", "steps", "recipe"}. Regular
     GANs count only with the recipe chosen at that depth."""
     out: dict[tuple[str, int], dict[str, Any]] = {}
-    for method in METHOD_LABELS:
+    for method in methods(sweep):
         for depth in sweep.depths:
             chosen = [r for r in rows if r["method"] == method and r["depth"] == depth and r["status"] == "done"
                       and (method != "regular" or r["recipe"] == sweep.choice.get(depth))]
@@ -113,19 +132,19 @@ def paper_table(sweep: SweepResult, teacher: dict[str, Any], agg: dict, columns:
     def line(label: str, values: list[str]) -> None:
         lines.append(f"| {label} | {' | '.join(values)} |")
 
-    params = {d: next((agg[(m, d)]["parameters"] for m in METHOD_LABELS if (m, d) in agg), None) for d in depths}
+    params = {d: next((agg[(m, d)]["parameters"] for m in methods(sweep) if (m, d) in agg), None) for d in depths}
     line("parameters", [_fmt(params[d]) for d in depths])
     line("Ratio", [f"{teacher['parameters'] / params[d]:.0f}:1" if params[d] and teacher.get("parameters") else "—" for d in depths])
     for column in columns:
-        for method in METHOD_LABELS:
+        for method in methods(sweep):
             if method == "regular" and column == "fidelity_mse":
                 continue
             if any((method, d) in agg for d in depths):
-                line(f"{QUALITY[column].label} ({METHOD_LABELS[method]})", [_fmt(agg.get((method, d), {}).get(column)) for d in depths])
-    for method in METHOD_LABELS:
+                line(f"{QUALITY[column].label} ({label(method)})", [_fmt(agg.get((method, d), {}).get(column)) for d in depths])
+    for method in methods(sweep):
         if any((method, d) in agg for d in depths):
             warm = " after its MSE student's" if any(name.startswith(f"{method}/") for name in sweep.after) else ""
-            line(f"steps ({METHOD_LABELS[method]}{warm})", [steps_cell(agg[(method, d)]) if (method, d) in agg else "—" for d in depths])
+            line(f"steps ({label(method)}{warm})", [steps_cell(agg[(method, d)]) if (method, d) in agg else "—" for d in depths])
     if "regular" in {m for m, _ in agg}:
         line("regular recipe", [sweep.choice.get(d, "—") for d in depths])
     seeds = sorted({agg[k]["seeds"] for k in agg})
@@ -172,11 +191,11 @@ def findings(sweep: SweepResult, teacher: dict[str, Any], agg: dict, column: str
         word = "better" if (above if higher else below) else "worse" if (below if higher else above) else "no different (the interval holds 0)"
         return f"; same seed, joint − {'MSE' if other == 'mse' else 'continued'} = {_fmt(difference)}: {word}"
 
-    for method in DISTILL_METHODS:
+    for method in distilled(sweep):
         parts = [f"d={d}: {verdict(agg[(method, d)][column], agg[('regular', d)][column])} ({_fmt(agg[(method, d)][column])} vs "
                  f"{_fmt(agg[('regular', d)][column])})" for d in depths if column in agg.get((method, d), {}) and column in agg.get(("regular", d), {})]
         if parts:
-            out.append(f"- {METHOD_LABELS[method]} against the regular GAN of its size, {col.label}: " + "; ".join(parts) + ".")
+            out.append(f"- {label(method)} against the regular GAN of its size, {col.label}: " + "; ".join(parts) + ".")
     warm = any(name.startswith("joint/") for name in sweep.after)
     for other, title in (("mse", "MSE students"), ("mse-continued", "the same MSE students continued by MSE for the joint students' steps")):
         parts = [f"d={d}: {verdict(agg[('joint', d)][column], agg[(other, d)][column])} ({_fmt(agg[('joint', d)][column])} vs "
@@ -185,22 +204,44 @@ def findings(sweep: SweepResult, teacher: dict[str, Any], agg: dict, column: str
         if parts:
             out.append(f"- Joint against {title}, {col.label}: " + "; ".join(parts) + ".")
     reference = teacher.get(column)
+    regular = {d: agg[("regular", d)][column] for d in depths if column in agg.get(("regular", d), {})}
+    if reference is not None and regular:
+        out.append(teacher_finding(reference, regular, col.label, higher))
     if reference is not None:
         bound = f"≥ {keep:.0%} of" if higher else f"≤ 1/{keep:g} ×"
-        for method in METHOD_LABELS:
+        for method in methods(sweep):
             by_depth = {d: agg[(method, d)][column] for d in depths if column in agg.get((method, d), {})}
             if not by_depth:
                 continue
             if all(e.n < 2 for e in by_depth.values()):
-                out.append(f"- {METHOD_LABELS[method]}: one seed so far, no interval: what it keeps of the teacher's {col.label} is undecided.")
+                out.append(f"- {label(method)}: one seed so far, no interval: what it keeps of the teacher's {col.label} is undecided.")
                 continue
             kept = [d for d in depths if d in by_depth and keeps(by_depth[d], reference, keep, higher)]
             limit = smallest_kept(by_depth, reference, keep, higher)
             ratio = f" ({teacher['parameters'] / agg[(method, limit)]['parameters']:.0f}:1)" if limit is not None else ""
-            out.append(f"- {METHOD_LABELS[method]}: the whole interval keeps {bound} the teacher's {col.label} ({_fmt(reference)}) at "
+            out.append(f"- {label(method)}: the whole interval keeps {bound} the teacher's {col.label} ({_fmt(reference)}) at "
                        f"d = {', '.join(map(str, kept)) or 'none'}; compression limit (smallest d of the table that keeps it, with "
                        f"every larger d keeping it too): {f'd={limit}' if limit is not None else 'none'}{ratio}.")
     return out
+
+
+def teacher_finding(reference: float, regular: dict[int, Estimate], name: str, higher: bool) -> str:
+    """Whether the teacher (one model) is better than every regular GAN: better than the whole 95%
+    interval of each depth's regular GAN, and by how much against the best regular mean."""
+    if all(e.n < 2 for e in regular.values()):
+        return f"- Teacher ({_fmt(reference)}) against the regular GANs, {name}: one seed so far, no interval: undecided."
+    beats = {d: e.n >= 2 and (reference > e.high if higher else reference < e.low) for d, e in regular.items()}
+    best_depth = (max if higher else min)(regular, key=lambda d: regular[d].mean)
+    best = regular[best_depth]
+    beaten = ", ".join(str(d) for d in regular if beats[d])
+    if all(beats.values()):
+        where = f"better than the whole 95% interval at every depth (d = {beaten}): the teacher beats every regular GAN"
+    else:
+        others = ", ".join(str(d) for d in regular if not beats[d])
+        where = (f"better than the whole 95% interval at d = {beaten or 'none'}, not at d = {others}: "
+                 "the teacher is not shown to beat every regular GAN")
+    return (f"- Teacher ({_fmt(reference)}) against the regular GANs, {name}: {where}. "
+            f"Teacher / best regular mean (d={best_depth}, {_fmt(best)}) = {reference / best.mean:.2f}.")
 
 
 # --------------------------------------------------------------------------- pictures
@@ -209,13 +250,13 @@ def findings(sweep: SweepResult, teacher: dict[str, Any], agg: dict, column: str
 def plot_metric(sweep: SweepResult, teacher: dict[str, Any], agg: dict, column: str, path: Path) -> None:
     col = QUALITY[column]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for method in METHOD_LABELS:
+    for method in methods(sweep):
         points = sorted((teacher["parameters"] / agg[(method, d)]["parameters"], agg[(method, d)][column])
                         for d in sweep.depths if column in agg.get((method, d), {}))
         if points:
             ratios, ests = zip(*points)
             errors = [0 if math.isnan(e.ci95) else e.ci95 for e in ests]
-            ax.errorbar(ratios, [e.mean for e in ests], yerr=errors, marker="o", capsize=4, label=METHOD_LABELS[method], color=COLORS[method])
+            ax.errorbar(ratios, [e.mean for e in ests], yerr=errors, marker="o", capsize=4, label=label(method), color=color(sweep, method))
     if teacher.get(column) is not None:
         ax.axhline(teacher[column], color="black", linestyle="--", label="teacher")
     ax.set_xscale("log")
@@ -234,10 +275,11 @@ def plot_metric(sweep: SweepResult, teacher: dict[str, Any], agg: dict, column: 
 def plot_curves(sweep: SweepResult, models: list[Model], path: Path) -> dict[str, list[str]]:
     """The monitor each model watched (val_* in metrics.csv) against the step: one row of panels
     per monitor (a fidelity MSE near 0.05 and an FID near 100 share no useful axis), one column
-    per depth. Returns, per monitor drawn, the methods that watched it (empty: nothing drawn)."""
+    per depth, and the teacher's own column where it watched one. Returns, per monitor drawn,
+    the methods that watched it (empty: nothing drawn)."""
     curves: dict[str, list[tuple[Model, list[tuple[int, float]]]]] = {}
-    for model in models:
-        if model.method == "teacher" or (model.method == "regular" and model.recipe != sweep.choice.get(model.depth)):
+    for model in [sweep.teacher.models[0], *models]:
+        if model.method == "regular" and model.recipe != sweep.choice.get(model.depth):
             continue
         try:
             with (model.run_dir / "metrics.csv").open(newline="") as f:
@@ -250,15 +292,16 @@ def plot_curves(sweep: SweepResult, models: list[Model], path: Path) -> dict[str
             curves.setdefault(column[4:], []).append((model, points))
     if not curves:
         return {}
-    depths = sorted(sweep.depths)
-    fig, axes = plt.subplots(len(curves), len(depths), figsize=(4 * len(depths), 3.2 * len(curves)), squeeze=False)
+    panels = [(depth, False) for depth in sorted(sweep.depths)]
+    panels += [(m.depth, True) for m, _ in (pair for drawn in curves.values() for pair in drawn) if m.method == "teacher"][:1]
+    fig, axes = plt.subplots(len(curves), len(panels), figsize=(4 * len(panels), 3.2 * len(curves)), squeeze=False)
     for row, monitor in zip(axes, sorted(curves)):
-        for ax, depth in zip(row, depths):
+        for ax, (depth, of_teacher) in zip(row, panels):
             for model, points in curves[monitor]:
-                if model.depth == depth:
-                    ax.plot(*zip(*points), color=COLORS[model.method], alpha=0.8, lw=1,
-                            label=METHOD_LABELS[model.method] if model.seed == sweep.seeds[0] else None)
-            ax.set_title(f"{monitor}, d={depth}")
+                if model.depth == depth and (model.method == "teacher") == of_teacher:
+                    ax.plot(*zip(*points), color=color(sweep, model.method), alpha=0.8, lw=1,
+                            label=label(model.method) if of_teacher or model.seed == sweep.seeds[0] else None)
+            ax.set_title(f"{monitor}, {'teacher ' if of_teacher else ''}d={depth}")
             ax.set_xlabel("step")
             ax.set_yscale("log")
             ax.grid(True, alpha=0.3)
@@ -267,17 +310,18 @@ def plot_curves(sweep: SweepResult, models: list[Model], path: Path) -> dict[str
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return {monitor: list(dict.fromkeys(METHOD_LABELS[m.method] for m, _ in drawn)) for monitor, drawn in sorted(curves.items())}
+    return {monitor: list(dict.fromkeys(label(m.method) for m, _ in drawn)) for monitor, drawn in sorted(curves.items())}
 
 
 def figure11(sweep: SweepResult, models: list[Model], path: Path) -> bool:
-    """The same latents through the teacher and the MSE and joint students of the first seed, from
-    the largest to the smallest depth (cf. the paper's Figure 11)."""
+    """The same latents through the teacher and the students of the first seed (MSE, joint, then
+    each named variant), from the largest to the smallest depth (cf. the paper's Figure 11)."""
     teacher = sweep.teacher.models[0]
     if teacher.status != "done":
         return False
-    done = {(m.method, m.depth): m for m in models if m.status == "done" and m.seed == sweep.seeds[0] and m.method in DISTILL_METHODS}
-    order = [teacher] + [done[(method, d)] for method in DISTILL_METHODS for d in sorted(sweep.depths, reverse=True) if (method, d) in done]
+    shown = distilled(sweep)
+    done = {(m.method, m.depth): m for m in models if m.status == "done" and m.seed == sweep.seeds[0] and m.method in shown}
+    order = [teacher] + [done[(method, d)] for method in shown for d in sorted(sweep.depths, reverse=True) if (method, d) in done]
     latent_dim = load_generator(teacher.checkpoint)[1]["arch"]["latent_dim"]
     panels = []
     for model in order:
@@ -376,7 +420,8 @@ def write_report(sweep: SweepResult, settings: dict[str, Any]) -> None:
                    "![training curves](curves.png)", ""]
     if grid:
         report += ["## Same latents, teacher and students (cf. the paper's Figure 11)", "",
-                   f"Seed {sweep.seeds[0]}. Left to right: teacher, MSE students from the largest to the smallest d, then joint students.",
+                   f"Seed {sweep.seeds[0]}. Left to right: teacher, then the students of "
+                   + ", then ".join(label(m) for m in distilled(sweep)) + ", each from the largest to the smallest d.",
                    "", "![teacher and students](figure11.png)", ""]
     report += recipe_table(sweep, rows, settings["primary"])
     if failed:

@@ -8,6 +8,9 @@ depths, the seeds, and the settings of the three ways of getting a small generat
     mse-continued  the control of a warm-started joint method: the same MSE students continued
                    by MSE alone with the joint students' steps, seeds and settings, no critic
     regular        GANs of the students' sizes from scratch     (gankd train)
+    NAME           a named student variant: any other name whose settings say which distillation
+                   it runs, e.g. "kd": {"method": "mse", "terms": {"relation": 300}, "ema_kimg": 10},
+                   so that a new recipe is reported beside the paper's MSE and joint students
 
 The students of one method and seed train together in one teacher pass. ``"init": "mse"`` in the
 joint method's settings starts each joint student from the MSE student of its seed and depth
@@ -27,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -34,8 +38,9 @@ from typing import Any
 
 from gankd.checkpoint import load_generator
 from gankd.errors import GankdError
+from gankd.config import DISTILL_METHODS
 from gankd.experiments.jobs import (EVALUATION_DEFAULTS, STUDENT_METHODS, Children, Job, Model, SweepResult, evaluate_floor,
-                                    evaluate_model, latest_progress, make_job, read_experiment_config, refresh, run_job)
+                                    evaluate_model, is_student, latest_progress, student_methods, make_job, read_experiment_config, refresh, run_job)
 from gankd.experiments.report import write_report
 from gankd.files import atomic_write_bytes
 from gankd.metrics.registry import QUALITY, columns_of, metric_value
@@ -43,6 +48,7 @@ from gankd.progress import note, progress, track
 from gankd.runtime import resolve_device, stop_requests
 
 METHODS = (*STUDENT_METHODS, "regular")
+VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9+._-]*")  # a named student variant: also its folder under runs/
 HEARTBEAT_S = 300.0  # how often a sweep prints where each running job is (its log's newest progress line)
 CRITIC_KEYS = {"alpha", "loss", "critic_depth", "critic_steps", "gp_lambda", "balance"}  # what mse-continued drops from joint's settings
 SPEC_KEYS = {"name", "description", "data", "common", "seeds", "teacher", "depths", "methods", "evaluation", "keep"}
@@ -51,9 +57,12 @@ EVALUATION_KEYS = set(EVALUATION_DEFAULTS) | {"primary"}
 
 def load_spec(path: Path) -> dict[str, Any]:
     spec = read_experiment_config(path, "sweep", SPEC_KEYS, ("data", "teacher", "depths", "methods"))
-    bad_methods = sorted(set(spec["methods"]) - set(METHODS))
-    if bad_methods:
-        raise GankdError(f"{path}: unknown method(s) {bad_methods}; choose from {list(METHODS)}")
+    for name, settings in spec["methods"].items():
+        if name in METHODS:
+            continue
+        if not (VARIANT_NAME.fullmatch(name) and isinstance(settings, dict) and settings.get("method") in DISTILL_METHODS):
+            raise GankdError(f"{path}: unknown method {name!r}: choose from {list(METHODS)}, or name a student variant "
+                             f"(lower case, digits, + . _ -) whose settings give \"method\": one of {list(DISTILL_METHODS)}")
     unknown_eval = sorted(set(spec.get("evaluation", {})) - EVALUATION_KEYS)
     if unknown_eval:
         raise GankdError(f"{path}: unknown evaluation key(s) {unknown_eval}; known: {sorted(EVALUATION_KEYS)}")
@@ -95,8 +104,7 @@ class Plan:
         self.depths: list[int] = spec["depths"]
         self.teacher = self._teacher_job()
         self.after: dict[str, str] = {}  # job name -> the job it starts from (joint students warm-started from MSE ones)
-        self.students = [self._job(method, seed, self.depths) for method in STUDENT_METHODS if method in spec["methods"]
-                         for seed in self.seeds]
+        self.students = [self._job(method, seed, self.depths) for method in student_methods(spec) for seed in self.seeds]
         self.recipes = recipes(spec)
         # the first seed of every recipe; the other seeds follow the choice (choose_recipes)
         self.regular = [self._job("regular", self.seeds[0], self.depths, name) for name in self.recipes]
@@ -133,7 +141,8 @@ class Plan:
                 if joint.get("init") != "mse":
                     raise GankdError(f"{self.source}: \"mse-continued\" is the control of joint students warm-started from MSE (\"init\": \"mse\")")
                 own = {**{k: v for k, v in joint.items() if k not in CRITIC_KEYS}, **own}
-            options = {**self.base, **own, "method": "mse" if method == "mse-continued" else method,
+            runs = own.get("method", method)  # a named variant says which distillation it runs
+            options = {**self.base, **own, "method": "mse" if runs == "mse-continued" else runs,
                        "teacher": str(self.teacher.models[0].checkpoint)}
             folder, name = self.runs / method / f"s{seed}", f"{method}/s{seed}"
             if options.get("init") == "mse":
@@ -300,6 +309,6 @@ def evaluate_all(plan: Plan, settings: dict[str, Any]) -> None:
     data_root = plan.spec["data"].get("data")
     for model in track(models, "evaluating", "model"):
         model.evaluation = evaluate_model(model, settings["metrics"], settings["samples"], settings["seed"], device,
-                                          teacher if model.method in STUDENT_METHODS else None, data_root)
+                                          teacher if is_student(model.method) else None, data_root)
     if teacher is not None:
         plan.floor = evaluate_floor(teacher, settings["metrics"], settings["samples"], settings["seed"], device, plan.out, data_root)
