@@ -107,7 +107,8 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("batch_size", {"type": bounded_int(1, MAX_BATCH_SIZE)}, "batch size per process"),
     ("lr", {"type": _float_in(0, open_low=True)}, "Adam learning rate (default: the loss's)"),
     ("betas", {"type": _float_in(0, 0.999999), "nargs": 2, "metavar": ("B1", "B2")}, "Adam betas (default: the loss's)"),
-    ("critic_steps", {"type": bounded_int(1)}, "critic steps per generator step (default: the loss's)"),
+    ("critic_steps", {"type": bounded_int(0)}, "critic steps per generator step (default: the loss's; 0 with --critic-init "
+                                                 "keeps that critic frozen, a fixed judge)"),
     ("ema_kimg", {"type": _float_in(0)}, "keep an exponential moving average of the generator's weights with this "
                                           "half-life in thousands of images (stylegan2-ada's G_ema; 10 is its default), and "
                                           "deliver, monitor and sample the average; 0 = none"),

@@ -196,7 +196,8 @@ class RunConfig:
         check(not self.r1_gamma or self.loss == "dcgan", "--r1-gamma is a penalty of the dcgan loss; WGAN-GP has its gradient penalty (--gp-lambda)")
         check(self.lr is None or self.lr > 0, f"learning rate must be > 0, got {self.lr}")
         check(self.ema_kimg >= 0, f"ema kimg must be >= 0, got {self.ema_kimg}")
-        check(self.critic_steps is None or self.critic_steps >= 1, f"critic steps must be >= 1, got {self.critic_steps}")
+        check(self.critic_steps is None or self.critic_steps >= 1 or (self.critic_steps == 0 and self.critic_init is not None),
+              f"critic steps must be >= 1 (0 freezes a critic started by --critic-init), got {self.critic_steps}")
         check(self.betas is None or (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
               f"betas must be two numbers in [0, 1), got {self.betas}")
         for name in ("log_every", "sample_every", "checkpoint_every", "eval_every"):

@@ -147,6 +147,9 @@ def build_member(cfg: RunConfig, rt: Runtime, memory_format: torch.memory_format
         critic.to(memory_format=memory_format)
     if critic is not None and cfg.critic_init:
         load_critic_init(critic, cfg)
+    frozen_critic = critic is not None and cfg.critic_steps == 0
+    if frozen_critic:
+        freeze(critic)
     projections = (nn.ModuleList([nn.Conv2d(s, t, 1) for s, t in zip(generator.block_widths, teacher_widths)]).to(device)
                    if teacher_widths is not None else None)
     trained = generator.parameters() if projections is None else [{"params": generator.parameters()}, {"params": projections.parameters()}]
@@ -154,7 +157,7 @@ def build_member(cfg: RunConfig, rt: Runtime, memory_format: torch.memory_format
     opt_d = (torch.optim.Adam(critic.parameters(), lr=cfg.resolved("lr", "critic"), betas=cfg.resolved("betas", "critic"))
              if critic is not None else None)
     g_train: nn.Module = DistributedDataParallel(generator) if rt.world_size > 1 else generator
-    d_train: nn.Module | None = DistributedDataParallel(critic) if critic is not None and rt.world_size > 1 else critic
+    d_train: nn.Module | None = DistributedDataParallel(critic) if critic is not None and not frozen_critic and rt.world_size > 1 else critic
     if cfg.compile:
         # inductor's layout optimisation is off on CUDA in the default memory format, per compiled
         # module (docs/incidents.md, "compile and channels-last").
@@ -186,6 +189,16 @@ def load_critic_init(critic: Critic, cfg: RunConfig) -> None:
                          f"{meta.get('loss')} loss) cannot start this run's, of depth {critic.arch.depth} with the {cfg.loss} loss; "
                          f"pass --critic-depth {saved.arch.depth} --loss {meta.get('loss')}")
     critic.load_state_dict(saved.state_dict())
+
+
+def freeze(critic: Critic) -> None:
+    """Keep a critic as it was loaded (``--critic-steps 0``): no gradient reaches its weights, and its
+    BatchNorm layers still normalise each batch by its own statistics, as in training, without
+    moving the running statistics saved with it (momentum 0)."""
+    critic.requires_grad_(False)
+    for module in critic.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.0
 
 
 def record(history: dict[str, list[torch.Tensor]], stats: dict[str, torch.Tensor]) -> None:

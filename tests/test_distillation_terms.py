@@ -5,6 +5,7 @@ refused in one line when it does not fit the student."""
 from __future__ import annotations
 
 import copy
+import csv
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from torch import nn
 
 from conftest import run_gankd
 from gankd import losses
-from gankd.checkpoint import load_critic
+from gankd.checkpoint import load_critic, read_checkpoint
 from gankd.cli import main
 from gankd.config import RunConfig
 from gankd.losses import DISTILLATION_TERMS, GeneratorObjective, TermInputs, distillation_term, mmd
@@ -143,3 +144,20 @@ def test_the_teachers_critic_starts_a_joint_critic_and_a_critic_that_does_not_fi
         result = run_gankd(*base, *extra, "--out", str(tmp_path / f"r{index}"), check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_frozen_teacher_critic_judges_the_student_and_never_changes(tmp_path: Path, mnist_teacher: Path) -> None:
+    critic_file = mnist_teacher.parent / "critic.safetensors"
+    saved, _ = load_critic(critic_file)
+    base = ["distill", "--teacher", str(mnist_teacher), "--method", "joint", "--alpha", "0.5", "--loss", "dcgan", "--depth", "2",
+            "--critic-depth", str(saved.arch.depth), "--steps", "4", "--log-every", "2", "--checkpoint-every", "2"]
+    run_gankd(*base, "--critic-init", str(critic_file), "--critic-steps", "0", "--out", str(tmp_path / "frozen"))
+    tensors, _ = read_checkpoint(tmp_path / "frozen" / "checkpoints" / "last.safetensors")
+    for name, tensor in saved.state_dict().items():
+        if not name.endswith("num_batches_tracked"):
+            assert torch.equal(tensors[f"critic.{name}"], tensor), name
+    rows = list(csv.DictReader(open(tmp_path / "frozen" / "metrics.csv")))
+    assert [r["step"] for r in rows] == ["2", "4"] and all(float(r["g_adv"]) > 0 for r in rows)  # the critic judged every step
+    refused = run_gankd(*base, "--critic-steps", "0", "--out", str(tmp_path / "fresh"), check=False)
+    assert refused.returncode == 2 and "0 freezes a critic started by --critic-init" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
