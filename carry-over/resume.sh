@@ -4,7 +4,6 @@
 set -euo pipefail
 cd /work/main
 (cd carry-over/state && find . -name last.safetensors -exec cp --parents {} ../.. \;)
-nohup setsid .venv/bin/python carry-over/teacher.py > /tmp/teacher.out 2>&1 & echo $! > /tmp/teacher.pid
 nohup setsid .venv/bin/gankd ablation configs/fashion-mnist-screen.json --out results/fashion-mnist-screen --threads 1 >> carry-over/screen.out 2>&1 & echo $! > /tmp/screen.pid
 nohup setsid bash carry-over/keep.sh > /dev/null 2>&1 & echo $! > /tmp/keep.pid
 echo "teacher $(cat /tmp/teacher.pid), screen $(cat /tmp/screen.pid), mirror $(cat /tmp/keep.pid)"
