@@ -68,4 +68,8 @@ def test_fixed_seed_mse_and_joint_students_keep_their_weights(tmp_path: Path) ->
     for name, tensor in expected.items():
         if name in noisy:
             continue
-        torch.testing.assert_close(got[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+        # The joint student's path through a BatchNorm critic amplifies rounding: on a replaced
+        # machine (other CPU kernels, same code) its weights moved by up to 2.9e-4, against up to
+        # 1.2e-2 that 12 Adam steps at lr 1e-3 can move them; a change of behaviour moves them by that much.
+        atol = 1e-3 if name.startswith("joint.") else 1e-5
+        torch.testing.assert_close(got[name], tensor, rtol=1e-4, atol=atol, msg=name)
