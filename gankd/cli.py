@@ -348,7 +348,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_ablation(args: argparse.Namespace) -> int:
     from gankd.experiments.ablation import run_ablation
 
-    table = run_ablation(args.config, args.out, train=not args.report_only, threads=args.threads)
+    table = run_ablation(args.config, args.out, train=not args.report_only, threads=args.threads, parallel=args.jobs)
     print(f"table: {args.out / 'ablation.md'} ({len(table['unfinished'])} job(s) not finished)")
     return 1 if table["unfinished"] and not args.report_only else 0
 
@@ -444,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "95%% intervals, relative step time and a picture. Running it again resumes.")
     p.add_argument("config", type=Path, help="ablation config (JSON), e.g. configs/fashion-mnist-ablation.json")
     p.add_argument("--out", type=Path, required=True, help="output folder (runs/, ablation.md, ablation.json, ablation.png)")
-    p.add_argument("--threads", type=bounded_int(1), default=1, help="CPU threads of the training process (one job at a time)")
+    p.add_argument("--threads", type=bounded_int(1), default=1, help="CPU threads of each training process")
+    p.add_argument("--jobs", type=bounded_int(1), default=1, help="variant-seed jobs trained in parallel processes")
     p.add_argument("--report-only", action="store_true", help="train nothing: score the finished students and write the table")
     p.set_defaults(func=cmd_ablation)
 

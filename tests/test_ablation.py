@@ -27,7 +27,7 @@ def tiny(teacher: Path) -> dict:
 def test_ablation_trains_scores_tables_and_resumes(tmp_path: Path, mnist_teacher: Path) -> None:
     config, out = tmp_path / "ablation.json", tmp_path / "out"
     config.write_text(json.dumps(tiny(mnist_teacher)))
-    result = run_gankd("ablation", str(config), "--out", str(out))
+    result = run_gankd("ablation", str(config), "--out", str(out), "--jobs", "2")  # two variant-seed jobs at a time
     assert "mse+relation/s1: started (4 of 4; d = 2, 4;" in result.stderr and "mse+relation/s1: done" in result.stderr
 
     table = json.loads((out / "ablation.json").read_text())

@@ -9,8 +9,8 @@ the variants, each a set of run options over ``common`` (``"method"`` defaults t
                  "joint-teacher-critic": {"method": "joint", "critic_init": "...", "alpha": 0.2}}
 
 Each variant and seed is one job (its depths in one teacher pass), in ``OUT/runs/<variant>/s<seed>/
-d<depth>``; finished students are skipped on the next call, interrupted ones resumed from their
-checkpoint. Each student is scored with the config's metrics (cached per model, as in a sweep),
+d<depth>`` (``--jobs N`` trains N of them at once); finished students are skipped on the next
+call, interrupted ones resumed from their checkpoint. Each student is scored with the config's metrics (cached per model, as in a sweep),
 and the table ``OUT/ablation.md`` (and ``ablation.json``) gives each variant's metrics -- the mean
 and 95% interval over seeds -- beside the first variant (the baseline), the training speed of its
 pass relative to the baseline's, and a picture of the same latents through the teacher and every
@@ -23,18 +23,20 @@ import csv
 import json
 import re
 import statistics
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from gankd.checkpoint import load_generator
 from gankd.errors import GankdError
-from gankd.experiments.jobs import EVALUATION_DEFAULTS, Job, Model, evaluate_model, make_job, read_experiment_config, refresh, run_job
+from gankd.experiments.jobs import (EVALUATION_DEFAULTS, HEARTBEAT_S, Children, Job, Model, evaluate_model, latest_progress, make_job,
+                                   read_experiment_config, refresh, run_job)
 from gankd.experiments.stats import Estimate, estimate
 from gankd.files import atomic_write_bytes
 from gankd.imaging import save_comparison
 from gankd.metrics.registry import QUALITY, columns_of, metric_value
 from gankd.progress import note, track
-from gankd.runtime import resolve_device
+from gankd.runtime import resolve_device, stop_requests
 from gankd.sampling import images_from
 
 SPEC_KEYS = {"name", "description", "data", "common", "teacher", "depths", "seeds", "variants", "evaluation"}
@@ -87,9 +89,9 @@ def images_per_second(run_dir: Path) -> float | None:
     return statistics.median(speeds) if speeds else None
 
 
-def run_ablation(config_path: Path, out: Path, train: bool = True, threads: int = 1) -> dict[str, Any]:
-    """Train the unfinished jobs (unless ``train`` is false), score every finished student, write
-    the table and the picture; returns the table's data."""
+def run_ablation(config_path: Path, out: Path, train: bool = True, threads: int = 1, parallel: int = 1) -> dict[str, Any]:
+    """Train the unfinished jobs (unless ``train`` is false; ``parallel`` processes at a time), score
+    every finished student, write the table and the picture; returns the table's data."""
     spec = load_ablation(config_path)
     teacher, jobs = ablation_jobs(spec, out, str(config_path))
     out.mkdir(parents=True, exist_ok=True)
@@ -97,16 +99,7 @@ def run_ablation(config_path: Path, out: Path, train: bool = True, threads: int 
     for job in jobs:
         refresh(job)
     if train:
-        for index, job in enumerate(jobs):
-            if job.status == "done":
-                continue
-            note(f"{job.name}: started ({index + 1} of {len(jobs)}; d = {', '.join(str(m.depth) for m in job.models)}; "
-                 f"log {job.folder / 'train.log'})")
-            run_job(job, threads)
-            note(f"{job.name}: {job.status}" + (f" ({job.error})" if job.error else ""))
-            if job.status in ("stopped", "busy"):
-                raise GankdError(f"ablation stopped at {job.name}: finished students are kept and the running one checkpointed; "
-                                 "run the same command again to resume")
+        train_jobs(jobs, threads, parallel)
     settings = {**EVALUATION_DEFAULTS, **spec.get("evaluation", {})}
     device = resolve_device(settings["device"])
     models = [m for job in jobs for m in job.models if m.status == "done"]
@@ -118,6 +111,37 @@ def run_ablation(config_path: Path, out: Path, train: bool = True, threads: int 
     drew = draw(teacher, jobs, spec["depths"], out / "ablation.png")
     atomic_write_bytes(out / "ablation.md", write_table(spec, table, settings, config_path, out, drew).encode())
     return table
+
+
+def train_jobs(jobs: list[Job], threads: int, parallel: int) -> None:
+    """Train the unfinished jobs in the config's order, ``parallel`` processes at a time (the
+    variants are independent). A stop request reaches every running process, which checkpoints,
+    and starts no other; a job held by another gankd process is left to it while the rest go on."""
+    children = Children()
+    started: list[Job] = []
+
+    def train(job: Job) -> None:
+        started.append(job)
+        note(f"{job.name}: started ({jobs.index(job) + 1} of {len(jobs)}; d = {', '.join(str(m.depth) for m in job.models)}; "
+             f"log {job.folder / 'train.log'})")
+        run_job(job, threads, children)
+        note(f"{job.name}: {job.status}" + (f" ({job.error})" if job.error else ""))
+
+    with stop_requests(children.stop), ThreadPoolExecutor(max_workers=parallel) as pool:
+        running = {pool.submit(train, job): job for job in jobs if job.status != "done"}
+        while running:
+            done, _ = wait(list(running), timeout=HEARTBEAT_S, return_when=FIRST_COMPLETED)
+            for future in done:
+                running.pop(future)
+                future.result()
+            if not done:
+                for job in started:
+                    if job in running.values():
+                        note(f"{job.name}: {latest_progress(job)}")
+    unfinished = [job.name for job in jobs if job.status in ("stopped", "busy")]
+    if unfinished:
+        raise GankdError(f"ablation stopped with {', '.join(unfinished)} unfinished: finished students are kept and running ones "
+                         "checkpointed (a busy one is held by another gankd process); run the same command again to resume")
 
 
 def summarise(spec: dict[str, Any], jobs: list[Job], settings: dict[str, Any]) -> dict[str, Any]:

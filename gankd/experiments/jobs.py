@@ -235,6 +235,9 @@ def run_job(job: Job, threads: int, children: Children | None = None) -> None:
                 model.status, model.error = job.status, job.error
 
 
+HEARTBEAT_S = 300.0  # how often a sweep or an ablation prints where each running job is (its log's newest progress line)
+
+
 def latest_progress(job: Job) -> str:
     """The newest progress line of a running job's train.log (its steps, rate and ETA), so a sweep's
     own output says where each job is without anyone opening the logs."""

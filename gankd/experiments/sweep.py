@@ -39,7 +39,7 @@ from typing import Any
 from gankd.checkpoint import load_generator
 from gankd.errors import GankdError
 from gankd.config import DISTILL_METHODS
-from gankd.experiments.jobs import (EVALUATION_DEFAULTS, STUDENT_METHODS, Children, Job, Model, SweepResult, evaluate_floor,
+from gankd.experiments.jobs import (EVALUATION_DEFAULTS, HEARTBEAT_S, STUDENT_METHODS, Children, Job, Model, SweepResult, evaluate_floor,
                                     evaluate_model, is_student, latest_progress, student_methods, make_job, read_experiment_config, refresh, run_job)
 from gankd.experiments.report import write_report
 from gankd.files import atomic_write_bytes
@@ -49,7 +49,6 @@ from gankd.runtime import resolve_device, stop_requests
 
 METHODS = (*STUDENT_METHODS, "regular")
 VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9+._-]*")  # a named student variant: also its folder under runs/
-HEARTBEAT_S = 300.0  # how often a sweep prints where each running job is (its log's newest progress line)
 CRITIC_KEYS = {"alpha", "loss", "critic_depth", "critic_steps", "gp_lambda", "balance"}  # what mse-continued drops from joint's settings
 SPEC_KEYS = {"name", "description", "data", "common", "seeds", "teacher", "depths", "methods", "evaluation", "keep"}
 EVALUATION_KEYS = set(EVALUATION_DEFAULTS) | {"primary"}
