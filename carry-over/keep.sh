@@ -4,7 +4,7 @@
 #   (cd carry-over/state && find . -name last.safetensors -exec cp --parents {} ../.. \;)
 cd /work/main
 while true; do
-  for f in $(find results/fashion-mnist-kd/runs results/fashion-mnist-screen/runs -path '*/checkpoints/last.safetensors' 2>/dev/null); do
+  for f in $(find results/*/runs -path '*/checkpoints/last.safetensors' 2>/dev/null); do
     mkdir -p "carry-over/state/$(dirname "$f")"
     cp "$f" "carry-over/state/$f.tmp" && mv "carry-over/state/$f.tmp" "carry-over/state/$f"
   done
