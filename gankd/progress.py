@@ -47,8 +47,9 @@ def note(text: str) -> None:
         return
     if sys.stderr.isatty():
         tqdm.write(text, file=sys.stderr)
-    else:
-        print(text, file=sys.stderr, flush=True)
+    else:  # one write, so that lines from a sweep's threads never interleave
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
 
 
 def track(items: Sequence[T], desc: str, unit: str) -> Iterator[T]:

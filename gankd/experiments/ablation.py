@@ -6,7 +6,10 @@ An ablation config (JSON) names the data, the teacher (a checkpoint), the depths
 the variants, each a set of run options over ``common`` (``"method"`` defaults to ``mse``):
 
     "variants": {"mse": {}, "relation": {"terms": {"relation": 500}},
-                 "joint-teacher-critic": {"method": "joint", "critic_init": "...", "alpha": 0.2}}
+                 "joint-teacher-critic": {"method": "joint", "init": "mse", "critic_init": "...", "alpha": 0.2}}
+
+``"init"`` naming an earlier variant starts each student from that variant's student of the same
+seed and depth (a warm start), and its job runs once that one has finished.
 
 Each variant and seed is one job (its depths in one teacher pass), in ``OUT/runs/<variant>/s<seed>/
 d<depth>`` (``--jobs N`` trains N of them at once); finished students are skipped on the next
@@ -23,7 +26,7 @@ import csv
 import json
 import re
 import statistics
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +75,16 @@ def ablation_jobs(spec: dict[str, Any], out: Path, source: str) -> tuple[Model, 
     for name, own in spec["variants"].items():
         options = {**base, **own}
         options.setdefault("method", "mse")
+        first = own.get("init") if own.get("init") in spec["variants"] else None
+        if first is not None and list(spec["variants"]).index(first) >= list(spec["variants"]).index(name):
+            raise GankdError(f"{source}: variant {name!r} starts from variant {first!r}, which must come before it")
         for seed in spec.get("seeds", [0]):
-            jobs.append(make_job(f"{name}/s{seed}", options["method"], seed, out / "runs" / name / f"s{seed}", spec["depths"],
-                                 options, recipe=name, source=source))
+            if first is not None:  # warm start from that variant's students of the same seed and depth
+                options["init"] = str(out / "runs" / first / f"s{seed}" / "d{depth}" / "generator.safetensors")
+            job = make_job(f"{name}/s{seed}", options["method"], seed, out / "runs" / name / f"s{seed}", spec["depths"],
+                           options, recipe=name, source=source)
+            job.after = f"{first}/s{seed}" if first is not None else ""
+            jobs.append(job)
     return teacher, jobs
 
 
@@ -115,7 +125,7 @@ def run_ablation(config_path: Path, out: Path, train: bool = True, threads: int 
 
 def train_jobs(jobs: list[Job], threads: int, parallel: int) -> None:
     """Train the unfinished jobs in the config's order, ``parallel`` processes at a time (the
-    variants are independent). A stop request reaches every running process, which checkpoints,
+    variants are independent, but a warm start waits for the job it starts from). A stop request reaches every running process, which checkpoints,
     and starts no other; a job held by another gankd process is left to it while the rest go on."""
     children = Children()
     started: list[Job] = []
@@ -127,9 +137,24 @@ def train_jobs(jobs: list[Job], threads: int, parallel: int) -> None:
         run_job(job, threads, children)
         note(f"{job.name}: {job.status}" + (f" ({job.error})" if job.error else ""))
 
-    with stop_requests(children.stop), ThreadPoolExecutor(max_workers=parallel) as pool:
-        running = {pool.submit(train, job): job for job in jobs if job.status != "done"}
-        while running:
+    by_name = {job.name: job for job in jobs}
+    waiting = [job for job in jobs if job.status != "done"]
+    with stop_requests(children.stop) as stop, ThreadPoolExecutor(max_workers=parallel) as pool:
+        running: dict[Future, Job] = {}
+        while True:
+            for job in list(waiting):  # a warm start whose first job ended unfinished cannot run
+                first = by_name.get(job.after)
+                if first is not None and first.status in ("failed", "skipped", "stopped", "busy") and first not in running.values():
+                    waiting.remove(job)
+                    job.status, job.error = "skipped", f"{first.name} did not finish"
+                    note(f"{job.name}: skipped ({job.error})")
+            ready = [job for job in waiting if not job.after or by_name[job.after].status == "done"]
+            while ready and len(running) < parallel and not stop:
+                job = ready.pop(0)
+                waiting.remove(job)
+                running[pool.submit(train, job)] = job
+            if not running:
+                break
             done, _ = wait(list(running), timeout=HEARTBEAT_S, return_when=FIRST_COMPLETED)
             for future in done:
                 running.pop(future)
@@ -138,7 +163,7 @@ def train_jobs(jobs: list[Job], threads: int, parallel: int) -> None:
                 for job in started:
                     if job in running.values():
                         note(f"{job.name}: {latest_progress(job)}")
-    unfinished = [job.name for job in jobs if job.status in ("stopped", "busy")]
+    unfinished = [job.name for job in jobs if job.status in ("pending", "stopped", "busy")]
     if unfinished:
         raise GankdError(f"ablation stopped with {', '.join(unfinished)} unfinished: finished students are kept and running ones "
                          "checkpointed (a busy one is held by another gankd process); run the same command again to resume")

@@ -56,6 +56,7 @@ class Model:
     recipe: str = ""  # regular GANs: the recipe's name
     status: str = "pending"
     error: str = ""
+    after: str = ""  # the job whose students this one starts from ("init"), trained first
     evaluation: dict[str, Any] = field(default_factory=dict)
 
     @property
