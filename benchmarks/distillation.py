@@ -1,6 +1,10 @@
-"""Benchmarks of what a distillation user waits for: k students from one teacher pass, and bf16.
+"""Benchmarks of what a distillation user waits for: k students from one teacher pass, bf16, and
+the cost of each distillation objective.
 
-    python -m benchmarks.distillation [--quick] [--threads N] [--json OUT] [--device cpu|cuda]
+    python -m benchmarks.distillation [--quick] [--threads N] [--json OUT] [--device cpu|cuda] [--only together,bf16,terms]
+
+The JSON goes to ``distillation.json`` beside this file, or ``distillation-<parts>.json`` for a
+part of the set (``--only``).
 
 1. **k students together against k separate runs.** MSE students d = 2, 4, 8, 16 from a d=32
    teacher (32x32x1, batch 64), the same steps: the wall time of ``gankd.training.train_many`` on
@@ -10,6 +14,12 @@
 2. **bf16 against fp32.** An MSE distillation step (student d=8 <- teacher d=64, 32x32x1, batch 64)
    in ``train`` with ``--precision bf16`` against fp32, and its parts (the teacher's forward, the
    student's step) in each precision, so the table shows which part gains and which loses.
+
+3. **What each distillation objective costs per step.** Students d = 4 and 8 from a d=128 teacher
+   (32x32x1, batch 64: the Fashion-MNIST screen's setting) trained together by ``train_many``, the
+   same steps, for pixel MSE alone and with each other term, the weight average, and the joint
+   objective with the teacher's d=32 dcgan critic fine-tuned and frozen; images/s of each against
+   MSE alone's, so the ratios are same-run.
 
 Each comparison alternates its sides (ABBA) ``--repeats`` times and reports medians.
 """
@@ -31,10 +41,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 from benchmarks.measure import abba, machine_description, metrics_rates, seconds_per_call, write_teacher  # noqa: E402
-from gankd.checkpoint import load_generator  # noqa: E402
+from gankd.checkpoint import load_generator, save_critic  # noqa: E402
 from gankd.config import RunConfig  # noqa: E402
 from gankd.losses import GeneratorObjective  # noqa: E402
-from gankd.models import Architecture, Generator  # noqa: E402
+from gankd.models import Architecture, Critic, Generator  # noqa: E402
 from gankd.training import train, train_many  # noqa: E402
 
 STUDENTS = (2, 4, 8, 16)
@@ -159,10 +169,43 @@ def bench_bf16(device: torch.device, steps: int, repeats: int, seconds: float) -
     }
 
 
+def objectives(critic: str) -> dict[str, dict[str, Any]]:
+    """The objectives of the screen, as run options over pixel MSE alone (their term weights do not
+    change the work per step)."""
+    joint = {"method": "joint", "loss": "dcgan", "alpha": 0.2, "critic_init": critic, "dataset": "mnist"}
+    return {"mse": {}, "+feature": {"terms": {"feature": 4000}}, "+perceptual": {"terms": {"perceptual": 350}, "teacher_critic": critic},
+            "+relation": {"terms": {"relation": 800}}, "+mmd": {"terms": {"mmd": 100}}, "+ema": {"ema_kimg": 10},
+            "joint, teacher critic": joint, "joint, teacher critic frozen": {**joint, "critic_steps": 0}}
+
+
+def bench_terms(device: torch.device, steps: int, repeats: int) -> dict[str, Any]:
+    batch, depths = 64, (4, 8)
+    with tempfile.TemporaryDirectory(prefix="gankd-bench-") as tmp:
+        teacher_path, critic_path = Path(tmp) / "teacher.safetensors", Path(tmp) / "critic.safetensors"
+        write_teacher(teacher_path, Architecture(128, 32, 1, 100), seed=1)
+        torch.manual_seed(1)
+        save_critic(critic_path, Critic(Architecture(32, 32, 1, 100), batch_norm=True), {"seed": 1, "loss": "dcgan"})
+        common = dict(teacher=str(teacher_path), batch_size=batch, steps=steps, log_every=max(1, steps // 4),
+                      sample_every=10**9, checkpoint_every=10**9, device=str(device))
+
+        def run(options: dict[str, Any]) -> Callable[[], float]:
+            def once() -> float:
+                folder = Path(tempfile.mkdtemp(dir=tmp))
+                train_many([RunConfig.from_dict({"method": "mse", **common, **options, "out": str(folder / f"d{d}"), "depth": d})
+                            for d in depths])
+                return statistics.median(metrics_rates(folder / f"d{depths[0]}"))
+            return once
+
+        rates = alternate({name: run(options) for name, options in objectives(str(critic_path)).items()}, repeats)
+    return {"setting": f"students d={','.join(map(str, depths))} <- teacher d=128, 32x32x1, batch {batch}, {steps} steps, together",
+            "images_per_s": rates, "time_per_step_vs_mse": {name: rates["mse"] / rate for name, rate in rates.items()}}
+
+
 def format_report(results: dict[str, Any]) -> str:
-    t, b = results["together"], results["bf16"]
-    lines = [
-        f"machine: {results['machine']['description']}",
+    lines = [f"machine: {results['machine']['description']}"]
+    if "together" in results:
+        t = results["together"]
+        lines += [
         "",
         f"1. {t['setting']}",
         f"   4 separate runs {t['separate_s']:.1f} s, together {t['together_s']:.1f} s: ratio {t['ratio']:.2f} "
@@ -170,15 +213,21 @@ def format_report(results: dict[str, Any]) -> str:
         f"   parts: teacher forward {t['teacher_forward_ms']:.1f} ms; student steps "
         + ", ".join(f"d={d} {ms:.1f} ms" for d, ms in t["student_step_ms"].items())
         + f"; floor ratio (1 teacher + 4 students vs 4 x (teacher + student)) {t['floor_ratio']:.2f}",
-        "",
-        f"2. {b['setting']}",
-    ]
-    for precision in ("fp32", "bf16"):
-        r = b[precision]
-        lines.append(f"   {precision}: train {r['train_images_per_s']:,.0f} img/s; teacher forward {r['teacher_forward_ms']:.1f} ms, "
-                     f"student step {r['student_step_ms']:.1f} ms")
-    lines.append(f"   bf16 / fp32: {b['speedup']:.2f}x (target >= {b['target']}x, {'met' if b['met'] else 'NOT met'}); "
-                 f"floor with each part in its faster precision: {b['floor_speedup']:.2f}x")
+        ]
+    if "bf16" in results:
+        b = results["bf16"]
+        lines += ["", f"2. {b['setting']}"]
+        for precision in ("fp32", "bf16"):
+            r = b[precision]
+            lines.append(f"   {precision}: train {r['train_images_per_s']:,.0f} img/s; teacher forward {r['teacher_forward_ms']:.1f} ms, "
+                         f"student step {r['student_step_ms']:.1f} ms")
+        lines.append(f"   bf16 / fp32: {b['speedup']:.2f}x (target >= {b['target']}x, {'met' if b['met'] else 'NOT met'}); "
+                     f"floor with each part in its faster precision: {b['floor_speedup']:.2f}x")
+    if "terms" in results:
+        c = results["terms"]
+        lines += ["", f"3. {c['setting']}"]
+        lines += [f"   {name:30s} {rate:7,.0f} img/s   time per step {c['time_per_step_vs_mse'][name]:.2f}x MSE's"
+                  for name, rate in c["images_per_s"].items()]
     return "\n".join(lines)
 
 
@@ -187,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke test)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--json", type=Path, default=Path(__file__).with_name("distillation.json"), metavar="OUT")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="default: distillation.json beside this file (distillation-<parts>.json with --only)")
+    parser.add_argument("--only", default="together,bf16,terms", help="comma-separated: together, bf16, terms")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -195,8 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     steps, repeats, seconds = (40, 2, 0.3) if args.quick else (200, 3, 1.0)
     results = {"command": "python -m benchmarks.distillation " + " ".join(argv if argv is not None else sys.argv[1:]),
                "machine": machine_description(device)}
-    results["together"] = bench_together(device, steps, repeats, seconds)
-    results["bf16"] = bench_bf16(device, steps, repeats, seconds)
+    only = args.only.split(",")
+    if unknown := set(only) - {"together", "bf16", "terms"}:
+        parser.error(f"--only: unknown part(s) {sorted(unknown)}")
+    if args.json is None:
+        args.json = Path(__file__).with_name("distillation.json" if len(set(only)) == 3 else f"distillation-{'-'.join(only)}.json")
+    if "together" in only:
+        results["together"] = bench_together(device, steps, repeats, seconds)
+    if "bf16" in only:
+        results["bf16"] = bench_bf16(device, steps, repeats, seconds)
+    if "terms" in only:
+        results["terms"] = bench_terms(device, steps, repeats)
     results["machine"]["load_average_end"] = os.getloadavg()
     print(format_report(results))
     args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")

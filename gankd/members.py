@@ -84,7 +84,11 @@ def data_description(cfg: RunConfig) -> dict[str, Any] | None:
 
 
 def architectures(cfg: RunConfig) -> tuple[Architecture, Architecture]:
+    """The generator's and the critic's; a critic started by --critic-init has the file's depth
+    unless --critic-depth says otherwise (then the two must agree)."""
     arch = Architecture(cfg.depth, cfg.image_size, cfg.channels, cfg.latent_dim)
+    if cfg.critic_depth is None and cfg.critic_init is not None:
+        return arch, replace(arch, depth=ckpt.load_critic(cfg.critic_init, cfg.image_size, cfg.channels)[0].arch.depth)
     return arch, replace(arch, depth=cfg.resolved_critic_depth)
 
 
