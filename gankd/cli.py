@@ -21,6 +21,7 @@ from gankd.config import (BALANCES, CHANNELS, DEFAULT_IMAGE_SIZE, DEFAULT_LATENT
 from gankd.data import DATASETS
 from gankd.errors import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_USAGE, FolderBusy, GankdError, RunInterrupted, UsageError
 from gankd.progress import set_quiet
+from gankd.schedule import LR_SCHEDULES
 
 
 MAX_GRID_IMAGES = 4096  # gankd sample: one PNG grid, held in memory
@@ -106,6 +107,8 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("steps", {"type": bounded_int(0)}, "total generator steps"),
     ("batch_size", {"type": bounded_int(1, MAX_BATCH_SIZE)}, "batch size per process"),
     ("lr", {"type": _float_in(0, open_low=True)}, "Adam learning rate (default: the loss's)"),
+    ("lr_schedule", {"choices": LR_SCHEDULES}, "learning rate over the steps: constant, or cosine decay from --lr to 5%% of it "
+                                                "at --steps (the cap); every optimiser of the run, a function of the step (resume is exact)"),
     ("betas", {"type": _float_in(0, 0.999999), "nargs": 2, "metavar": ("B1", "B2")}, "Adam betas (default: the loss's)"),
     ("critic_steps", {"type": bounded_int(0)}, "critic steps per generator step (default: the loss's; 0 with --critic-init "
                                                  "keeps that critic frozen, a fixed judge)"),

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from gankd.errors import GankdError, UsageError
 from gankd.files import atomic_write_bytes
 from gankd.losses import DEFAULT_TERMS, DISTILLATION_TERMS
+from gankd.schedule import LR_SCHEDULES
 
 LOSSES = ("wgan-gp", "dcgan")
 METHODS = ("gan", "mse", "joint")  # gan: from scratch (teacher or regular baseline)
@@ -103,6 +104,7 @@ class RunConfig:
     steps: int = 2000  # with patience set, the cap
     batch_size: int = 64  # per process
     lr: float | None = None
+    lr_schedule: str = "constant"  # or "cosine": decay over `steps` (gankd/schedule.py), for every optimiser of the run
     betas: tuple[float, float] | None = None
     critic_steps: int | None = None
     ema_kimg: float = 0.0  # half-life of the generator's weight average in thousands of images (gankd/ema.py); 0 = none
@@ -176,6 +178,7 @@ class RunConfig:
         check(self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
         check(self.mse_reduction in MSE_REDUCTIONS, f"mse reduction must be one of {MSE_REDUCTIONS}")
         check(self.balance in BALANCES, f"balance must be one of {BALANCES}, got {self.balance!r}")
+        check(self.lr_schedule in LR_SCHEDULES, f"lr schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         check(self.monitor in MONITORS, f"monitor must be one of {MONITORS}, got {self.monitor!r}")
         check(self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         check(self.min_delta >= 0, f"min delta must be >= 0, got {self.min_delta}")

@@ -44,6 +44,7 @@ from gankd.members import (SAMPLE_LATENT_SEED, Member, Streams, Teacher, build_m
 from gankd.models import BlockTap, Generator
 from gankd.progress import progress
 from gankd.runtime import Runtime, check_precision, distributed_runtime, owned_run_folders, stop_flag, stop_requests
+from gankd.schedule import lr_factor, set_learning_rate
 
 PER_MEMBER = ("out", "depth", "critic_depth", "init", "critic_init")  # what may differ between the students of one run
 FILLED_AT_START = ("dataset", "data", "image_size", "channels", "latent_dim")  # None: from the teacher or data (resolve_data, resolve_shapes)
@@ -255,6 +256,7 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
     run.interval_start, run.interval_step = time.perf_counter(), step
     while any(m.status in ("active", "waiting") for m in members):
         active = [m for m in members if m.status == "active"]
+        schedule_learning_rates(run, active, step)
         critic_stats = train_critics(run, active)
         train_generators(run, active, step, critic_stats)
         step += 1
@@ -274,6 +276,18 @@ def _train(cfgs: list[RunConfig], resume: bool, rt: Runtime, stop: dict[str, int
     if diverged:
         raise RunDiverged("; ".join(f"{m.run_dir}: {m.error}" if len(members) > 1 else m.error for m in diverged))
     return [m.run_dir for m in members]
+
+
+def schedule_learning_rates(run: Run, active: list[Member], step: int) -> None:
+    """Every optimiser's rate for this step: its base rate times the schedule's factor."""
+    base = run.base
+    if base.lr_schedule == "constant":
+        return
+    factor = lr_factor(base.lr_schedule, step, base.steps)
+    for m in active:
+        set_learning_rate(m.opt_g, base.resolved("lr") * factor)
+        if m.opt_d is not None:
+            set_learning_rate(m.opt_d, base.resolved("lr", "critic") * factor)
 
 
 def train_critics(run: Run, active: list[Member]) -> dict[int, dict[str, torch.Tensor]]:
