@@ -163,8 +163,8 @@ def train_jobs(jobs: list[Job], threads: int, parallel: int) -> None:
                 for job in started:
                     if job in running.values():
                         note(f"{job.name}: {latest_progress(job)}")
-    unfinished = [job.name for job in jobs if job.status in ("pending", "stopped", "busy")]
-    if unfinished:
+    if any(job.status in ("pending", "stopped", "busy") for job in jobs):
+        unfinished = [job.name for job in jobs if job.status not in ("done", "failed")]
         raise GankdError(f"ablation stopped with {', '.join(unfinished)} unfinished: finished students are kept and running ones "
                          "checkpointed (a busy one is held by another gankd process); run the same command again to resume")
 
