@@ -5,6 +5,7 @@
 cd /work/main
 while true; do
   for f in $(find results/*/runs -path '*/checkpoints/last.safetensors' 2>/dev/null); do
+    [ -f "$(dirname "$(dirname "$f")")/generator.safetensors" ] && continue  # finished: its generator is committed
     mkdir -p "carry-over/state/$(dirname "$f")"
     cp "$f" "carry-over/state/$f.tmp" && mv "carry-over/state/$f.tmp" "carry-over/state/$f"
   done

@@ -230,7 +230,9 @@ def write_table(spec: dict[str, Any], table: dict[str, Any], settings: dict[str,
     lines += [f"Made by `gankd ablation {config_path} --out {out}`; teacher `{spec['teacher']['checkpoint']}`; "
               f"seeds {spec.get('seeds', [0])}; {settings['samples']:,} samples per metric (evaluation seed {settings['seed']}). "
               "Mean ± 95% interval over seeds (one seed: the value alone). Time per step is the median of the logged "
-              "intervals of the variant's pass (all its depths together), relative to the first variant's at the same depths.", ""]
+              "intervals of the variant's pass (all its depths together), relative to the first variant's at the same depths: "
+              "a cost only where the variants trained under the same load (`python -m benchmarks.distillation --only terms` "
+              "measures it alternated in one process).", ""]
     lines += ["| variant | d | " + " | ".join(labels) + " | time/step | steps |", "|---|---|" + "---|" * (len(columns) + 2)]
     for row in table["rows"]:
         speed = f"{row['time_per_step_vs_first']:.2f}x" if "time_per_step_vs_first" in row else "—"
