@@ -13,8 +13,8 @@ seed and depth (a warm start), and its job runs once that one has finished.
 
 Each variant and seed is one job (its depths in one teacher pass), in ``OUT/runs/<variant>/s<seed>/
 d<depth>`` (``--jobs N`` trains N of them at once); finished students are skipped on the next
-call, interrupted ones resumed from their checkpoint. Each student is scored with the config's metrics (cached per model, as in a sweep),
-and the table ``OUT/ablation.md`` (and ``ablation.json``) gives each variant's metrics -- the mean
+call, interrupted ones resumed from their checkpoint. Each student is scored with the config's
+metrics (cached per model, as in a sweep), and the table ``OUT/ablation.md`` (and ``ablation.json``) gives each variant's metrics -- the mean
 and 95% interval over seeds -- beside the first variant (the baseline), the training speed of its
 pass relative to the baseline's, and a picture of the same latents through the teacher and every
 variant's students (``ablation.png``).
@@ -125,8 +125,9 @@ def run_ablation(config_path: Path, out: Path, train: bool = True, threads: int 
 
 def train_jobs(jobs: list[Job], threads: int, parallel: int) -> None:
     """Train the unfinished jobs in the config's order, ``parallel`` processes at a time (the
-    variants are independent, but a warm start waits for the job it starts from). A stop request reaches every running process, which checkpoints,
-    and starts no other; a job held by another gankd process is left to it while the rest go on."""
+    variants are independent, but a warm start waits for the job it starts from). A stop request
+    reaches every running process, which checkpoints, and starts no other; a job held by another
+    gankd process is left to it while the rest go on."""
     children = Children()
     started: list[Job] = []
 

@@ -56,7 +56,6 @@ class Model:
     recipe: str = ""  # regular GANs: the recipe's name
     status: str = "pending"
     error: str = ""
-    after: str = ""  # the job whose students this one starts from ("init"), trained first
     evaluation: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -77,6 +76,7 @@ class Job:
     options: dict[str, Any] = field(default_factory=dict)  # shared by its models; "{depth}" in init stands for each one's
     status: str = "pending"
     error: str = ""
+    after: str = ""  # the job whose students this one starts from ("init"), trained first (gankd ablation)
 
     @property
     def folder(self) -> Path:
