@@ -48,6 +48,7 @@ from gankd.models import Architecture, Critic, Generator  # noqa: E402
 from gankd.training import train, train_many  # noqa: E402
 
 STUDENTS = (2, 4, 8, 16)
+PARTS = ("together", "bf16", "terms")  # the comparisons, in the order they run (--only)
 TARGETS = {"together": 0.45, "bf16": 1.8}
 TIMING = {"warmup": 3, "min_calls": 5}  # per seconds_per_call measurement
 
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--json", type=Path, metavar="OUT", help="default: distillation.json beside this file (distillation-<parts>.json with --only)")
-    parser.add_argument("--only", default="together,bf16,terms", help="comma-separated: together, bf16, terms")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated: {', '.join(PARTS)}")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -246,10 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     results = {"command": "python -m benchmarks.distillation " + " ".join(argv if argv is not None else sys.argv[1:]),
                "machine": machine_description(device)}
     only = args.only.split(",")
-    if unknown := set(only) - {"together", "bf16", "terms"}:
+    if unknown := set(only) - set(PARTS):
         parser.error(f"--only: unknown part(s) {sorted(unknown)}")
     if args.json is None:
-        args.json = Path(__file__).with_name("distillation.json" if len(set(only)) == 3 else f"distillation-{'-'.join(only)}.json")
+        args.json = Path(__file__).with_name("distillation.json" if set(only) == set(PARTS) else f"distillation-{'-'.join(only)}.json")
     if "together" in only:
         results["together"] = bench_together(device, steps, repeats, seconds)
     if "bf16" in only:

@@ -129,10 +129,8 @@ def train_jobs(jobs: list[Job], threads: int, parallel: int) -> None:
     reaches every running process, which checkpoints, and starts no other; a job held by another
     gankd process is left to it while the rest go on."""
     children = Children()
-    started: list[Job] = []
 
     def train(job: Job) -> None:
-        started.append(job)
         note(f"{job.name}: started ({jobs.index(job) + 1} of {len(jobs)}; d = {', '.join(str(m.depth) for m in job.models)}; "
              f"log {job.folder / 'train.log'})")
         run_job(job, threads, children)
@@ -160,10 +158,9 @@ def train_jobs(jobs: list[Job], threads: int, parallel: int) -> None:
             for future in done:
                 running.pop(future)
                 future.result()
-            if not done:
-                for job in started:
-                    if job in running.values():
-                        note(f"{job.name}: {latest_progress(job)}")
+            if not done:  # only started jobs are handed to the pool, never more than it runs at once
+                for job in running.values():
+                    note(f"{job.name}: {latest_progress(job)}")
     if any(job.status in ("pending", "stopped", "busy") for job in jobs):
         unfinished = [job.name for job in jobs if job.status not in ("done", "failed")]
         raise GankdError(f"ablation stopped with {', '.join(unfinished)} unfinished: finished students are kept and running ones "
