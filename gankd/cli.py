@@ -42,8 +42,8 @@ class GankdParser(argparse.ArgumentParser):
     def unknown_options(self, extras: list[str]) -> NoReturn:
         """Arguments no option of this command takes: named, each with the closest option."""
         known = [name for action in self._actions for name in action.option_strings]
-        hints = [f"{close[0]} for {arg}" for arg in extras if arg.startswith("-")
-                 and (close := difflib.get_close_matches(arg.split("=")[0], known, n=1))]
+        hints = [f"{arg} after the command name ({self.prog} {arg} ...)" if close[0] == arg.split("=")[0] else f"{close[0]} for {arg}"
+                 for arg in extras if arg.startswith("-") and (close := difflib.get_close_matches(arg.split("=")[0], known, n=1))]
         self.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; did you mean {', '.join(hints)}?" if hints else ""))
 
 
@@ -396,6 +396,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = GankdParser(prog="gankd", description="Compress GAN generators by knowledge distillation.")
+    parser.add_argument("--quiet", action="store_true", dest="quiet_before_command", help=argparse.SUPPRESS)  # gankd --quiet CMD
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _run_parser(sub, "train", "train a GAN from scratch (a teacher, or a regular baseline of a student's size)", distill=False).set_defaults(func=cmd_train)
@@ -505,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extras = parser.parse_known_args(argv)
     if extras:
         parser.commands[args.command].unknown_options(extras)
-    set_quiet(args.quiet)
+    set_quiet(args.quiet or args.quiet_before_command)
     try:
         return args.func(args)
     except GankdError as exc:

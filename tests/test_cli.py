@@ -153,6 +153,8 @@ def test_progress_in_a_log_is_plain_lines_and_quiet_is_silent(tmp_path: Path, ca
         assert main([*args, "--out", str(tmp_path / "q"), "--quiet"]) == 0
         quiet = capsys.readouterr()
         assert quiet.err == "" and "done:" in quiet.out
+        assert main(["--quiet", *args, "--out", str(tmp_path / "q2")]) == 0  # before the command, too
+        assert capsys.readouterr().err == ""
     finally:
         set_quiet(False)
 
@@ -246,6 +248,7 @@ def test_limit_merges_a_config_without_a_teacher_with_the_teacher_flag(tmp_path:
 @pytest.mark.parametrize("args, message", [
     (["train", "--dep", "2"], "unrecognized arguments: --dep 2; did you mean --depth for --dep?"),  # no abbreviations
     (["distill", "--teacher", "x", "--mse-weigth", "2"], "did you mean --mse-weight for --mse-weigth?"),
+    (["--resume", "train"], "did you mean --resume after the command name (gankd train --resume ...)?"),  # before the command
     (["train", "--depth", "0"], "argument --depth: must be >= 1, got 0"),
     (["train", "--image-size", "48"], "invalid choice: 48"),
 ])
@@ -253,7 +256,8 @@ def test_usage_errors_are_one_line_with_a_suggestion_and_a_pointer_to_help(args:
     result = run_gankd(*args, check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr  # no usage block
-    assert lines[0].startswith(f"gankd {args[0]}: error: ") and message in lines[0] and lines[0].endswith(f"(see gankd {args[0]} --help)")
+    command = next(a for a in args if not a.startswith("-"))
+    assert lines[0].startswith(f"gankd {command}: error: ") and message in lines[0] and lines[0].endswith(f"(see gankd {command} --help)")
 
 
 @pytest.mark.parametrize("command", ["sample", "info", "evaluate"])
