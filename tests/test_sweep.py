@@ -114,7 +114,7 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     # a fidelity MSE and an IS share no useful axis: each monitor has its own row of panels
     assert "One row per monitor: fidelity (Stu. (MSE)); is (Stu. (joint), Stu. (MSE, continued))." in report, report
     assert "compression limit" in report
-    assert "Joint against the same MSE students continued by MSE" in report and "same seed, joint − continued" in report
+    assert "Stu. (joint) against the same MSE students continued by MSE" in report and "same seed, joint − continued" in report
 
 
 VARIANTS = {
@@ -383,7 +383,7 @@ def test_table_cells_round_the_mean_to_its_interval_and_one_seed_decides_nothing
     assert _fmt(Estimate(585.2, 131.0, 2)) == "585 ± 131" and _fmt(Estimate(7.06, math.nan, 1)) == "7.06"
     agg = {("mse", 2): {"is": Estimate(6.66, 0.1, 3), "parameters": 13_487}, ("joint", 2): {"is": Estimate(7.06, math.nan, 1), "parameters": 13_487}}
     lines = findings(SimpleNamespace(depths=[2], after={}, spec={"methods": {"mse": {}, "joint": {}}}), {"is": 8.36, "parameters": 3_443_585}, agg, "is", 0.9)
-    assert any("Joint against MSE" in line and "undecided (one seed" in line for line in lines)
+    assert any("Stu. (joint) against MSE" in line and "undecided (one seed" in line for line in lines)
     assert any(line.startswith("- Stu. (joint): one seed so far") for line in lines)
     assert not any("beats" in line or "ties" in line for line in lines)
 
@@ -397,15 +397,33 @@ def test_warm_started_joint_students_are_also_compared_seed_by_seed() -> None:
     mse, joint = {0: 6.3, 1: 6.8, 2: 7.2}, {0: 6.75, 1: 7.15, 2: 7.62}
     agg = {(m, 2): {"is": estimate(list(v.values())), "is_by_seed": v, "parameters": 13_487} for m, v in (("mse", mse), ("joint", joint))}
     plan = SimpleNamespace(depths=[2], after={"joint/s0": "mse/s0"}, spec={"methods": {"mse": {}, "joint": {}, "mse-continued": {}}})
-    line = next(x for x in findings(plan, {"parameters": 3_443_585}, agg, "is", 0.9) if "Joint against MSE" in x)
+    line = next(x for x in findings(plan, {"parameters": 3_443_585}, agg, "is", 0.9) if "Stu. (joint) against MSE" in x)
     difference = estimate([joint[s] - mse[s] for s in mse])
     assert "ties (intervals overlap)" in line and f"same seed, joint − MSE = {difference.mean:.2f} ± {difference.ci95:.2f}" in line and line.endswith(": better).")
     worse = {s: v - 0.45 for s, v in mse.items()}
     agg[("joint", 2)] = {"is": estimate(list(worse.values())), "is_by_seed": worse, "parameters": 13_487}
-    assert next(x for x in findings(plan, {"parameters": 3_443_585}, agg, "is", 0.9) if "Joint" in x).endswith(": worse).")
+    assert next(x for x in findings(plan, {"parameters": 3_443_585}, agg, "is", 0.9) if "Stu. (joint) against MSE" in x).endswith(": worse).")
+
     # lower is better (cFID): a negative difference is the better one
     agg = {(m, 2): {"cfid": estimate(list(v.values())), "cfid_by_seed": v, "parameters": 13_487} for m, v in (("mse", joint), ("joint", mse))}
-    assert next(x for x in findings(plan, {"parameters": 3_443_585}, agg, "cfid", 0.9) if "Joint" in x).endswith(": better).")
+    assert next(x for x in findings(plan, {"parameters": 3_443_585}, agg, "cfid", 0.9) if "Stu. (joint) against MSE" in x).endswith(": better).")
+
+
+def test_a_named_variant_warm_started_from_mse_is_compared_with_mse_seed_by_seed() -> None:
+    from types import SimpleNamespace
+
+    from gankd.experiments.report import findings
+
+    # the re-sweep's "joint-tc" (joint with the teacher's critic, from the MSE students): FID, lower is better
+    mse, variant = {0: 66.6, 1: 68.0, 2: 67.6}, {0: 37.6, 1: 40.1, 2: 38.3}
+    agg = {(m, 8): {"fid": estimate(list(v.values())), "fid_by_seed": v, "parameters": 52_000} for m, v in (("mse", mse), ("joint-tc", variant))}
+    plan = SimpleNamespace(depths=[8], after={"joint-tc/s0": "mse/s0"}, spec={"methods": {"mse": {}, "joint-tc": {"method": "joint", "init": "mse"}}})
+    lines = findings(plan, {"parameters": 3_443_585}, agg, "fid", 0.9)
+    line = next(x for x in lines if x.startswith("- Stu. (joint-tc) against MSE students"))
+    difference = estimate([variant[s] - mse[s] for s in mse])
+    assert "d=8: beats" in line and f"same seed, joint-tc − MSE = {difference.mean:.1f} ± {difference.ci95:.1f}: better" in line, line
+    assert not any("continued" in x for x in lines)  # the MSE-continued control belongs to the built-in joint method
+
 
 
 def test_a_failed_teacher_skips_its_students_and_the_job_bar_counts_them(tmp_path: Path) -> None:

@@ -46,6 +46,12 @@ def color(sweep: SweepResult, method: str) -> str:
     return COLORS.get(method) or VARIANT_COLORS[variants.index(method) % len(VARIANT_COLORS)]
 
 
+def warm_started(sweep: SweepResult) -> list[str]:
+    """The student methods that start from the MSE students of their seed (``"init": "mse"``): their
+    comparison with those MSE students is also made seed by seed."""
+    return [m for m in student_methods(sweep.spec) if any(name.startswith(f"{m}/") for name in sweep.after)]
+
+
 def distilled(sweep: SweepResult) -> list[str]:
     """The students compared with the regular GANs and drawn in Figure 11 (all but the control)."""
     return [m for m in student_methods(sweep.spec) if m != "mse-continued"]
@@ -181,28 +187,32 @@ def findings(sweep: SweepResult, teacher: dict[str, Any], agg: dict, column: str
             return "is worse than"
         return "ties (intervals overlap)"
 
-    def paired(a: dict[int, float], b: dict[int, float], other: str) -> str:
-        """Joint students warm-started from the MSE student of their seed: the same-seed difference
+    def paired(method: str, a: dict[int, float], b: dict[int, float], other: str) -> str:
+        """Students warm-started from the MSE student of their seed: the same-seed difference
         removes the spread between seeds that both share."""
         difference = estimate([a[seed] - b[seed] for seed in sorted(set(a) & set(b))])
         if difference.n < 2:
             return ""
         above, below = difference.low > 0, difference.high < 0  # the whole interval on one side of 0
         word = "better" if (above if higher else below) else "worse" if (below if higher else above) else "no different (the interval holds 0)"
-        return f"; same seed, joint − {'MSE' if other == 'mse' else 'continued'} = {_fmt(difference)}: {word}"
+        return f"; same seed, {method} − {'MSE' if other == 'mse' else 'continued'} = {_fmt(difference)}: {word}"
 
     for method in distilled(sweep):
         parts = [f"d={d}: {verdict(agg[(method, d)][column], agg[('regular', d)][column])} ({_fmt(agg[(method, d)][column])} vs "
                  f"{_fmt(agg[('regular', d)][column])})" for d in depths if column in agg.get((method, d), {}) and column in agg.get(("regular", d), {})]
         if parts:
             out.append(f"- {label(method)} against the regular GAN of its size, {col.label}: " + "; ".join(parts) + ".")
-    warm = any(name.startswith("joint/") for name in sweep.after)
-    for other, title in (("mse", "MSE students"), ("mse-continued", "the same MSE students continued by MSE for the joint students' steps")):
-        parts = [f"d={d}: {verdict(agg[('joint', d)][column], agg[(other, d)][column])} ({_fmt(agg[('joint', d)][column])} vs "
-                 f"{_fmt(agg[(other, d)][column])}{paired(agg[('joint', d)][f'{column}_by_seed'], agg[(other, d)][f'{column}_by_seed'], other) if warm else ''})"
-                 for d in depths if column in agg.get(("joint", d), {}) and column in agg.get((other, d), {})]
-        if parts:
-            out.append(f"- Joint against {title}, {col.label}: " + "; ".join(parts) + ".")
+    warm = warm_started(sweep)
+    for method in (m for m in distilled(sweep) if m != "mse"):
+        controls = (("mse", "MSE students"),) + ((("mse-continued", "the same MSE students continued by MSE for the joint students' steps"),)
+                                                if method == "joint" else ())
+        for other, title in controls:
+            parts = [f"d={d}: {verdict(agg[(method, d)][column], agg[(other, d)][column])} ({_fmt(agg[(method, d)][column])} vs "
+                     f"{_fmt(agg[(other, d)][column])}"
+                     f"{paired(method, agg[(method, d)][f'{column}_by_seed'], agg[(other, d)][f'{column}_by_seed'], other) if method in warm else ''})"
+                     for d in depths if column in agg.get((method, d), {}) and column in agg.get((other, d), {})]
+            if parts:
+                out.append(f"- {label(method)} against {title}, {col.label}: " + "; ".join(parts) + ".")
     reference = teacher.get(column)
     regular = {d: agg[("regular", d)][column] for d in depths if column in agg.get(("regular", d), {})}
     if reference is not None and regular:
