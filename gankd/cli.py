@@ -16,8 +16,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
-from gankd.config import (BALANCES, CHANNELS, DEFAULT_IMAGE_SIZE, DEFAULT_LATENT_DIM, DISTILL_METHODS, IMAGE_SIZES, LOSSES, MAX_BATCH_SIZE,
-                          MAX_DEPTH, MAX_LATENT_DIM, MAX_SEED, MONITORS, MSE_REDUCTIONS, PRECISIONS, RunConfig, bounded_int, read_options)
+from gankd.config import (BALANCES, CHANNELS, CRITIC_OPTIONS, DEFAULT_IMAGE_SIZE, DEFAULT_LATENT_DIM, DISTILL_METHODS, IMAGE_SIZES, LOSSES,
+                          MAX_BATCH_SIZE, MAX_DEPTH, MAX_LATENT_DIM, MAX_SEED, MONITORS, MSE_REDUCTIONS, MSE_THEN_JOINT, PRECISIONS,
+                          RECIPE_PHASES, RunConfig, bounded_int, read_options)
 from gankd.data import DATASETS
 from gankd.errors import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_USAGE, FolderBusy, GankdError, RunInterrupted, UsageError
 from gankd.progress import set_quiet
@@ -134,8 +135,12 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
 DISTILL_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("teacher", {}, "teacher: a gankd checkpoint, or your own generator as an ONNX file (recommended: loading runs no "
                     "code) or a TorchScript file (code you trust), mapping (N, latent) to (N, C, S, S) images in [-1, 1]"),
-    ("method", {"choices": DISTILL_METHODS}, "mse: the distillation terms alone (pixel MSE by default), no data; joint: "
-                                             "those plus an adversarial term from a critic trained on real data (its options: alpha, balance)"),
+    ("method", {"choices": (*DISTILL_METHODS, MSE_THEN_JOINT)}, "mse: the distillation terms alone (pixel MSE by default), no data; joint: "
+                                             "those plus an adversarial term from a critic trained on real data (its options: alpha, balance); "
+                                             f"{MSE_THEN_JOINT}: the best recipe measured (README): MSE students to their plateau in "
+                                             "OUT/mse-phase, then joint students from them in OUT with the teacher's critic (critic.safetensors "
+                                             "beside the teacher) fine-tuned, alpha 0.8, a 10 kimg weight average, the FID monitor; "
+                                             "flags override both phases, critic options the joint phase only"),
     ("teacher_critic", {}, "the teacher's critic.safetensors (in its run folder), for the perceptual term"),
     ("alpha", {"type": _float_in(0, 1)}, "joint: the adversarial term's weight in [0, 1]; 0 is pure MSE, 1 pure adversarial"),
     ("balance", {"choices": BALANCES}, "joint: gradient = alpha is the critic's share of the pull on the images "
@@ -180,7 +185,7 @@ def _run_parser(sub: argparse._SubParsersAction, name: str, text: str, distill: 
     parser.add_argument("--config", type=Path, help="JSON file of run options (keys as in config.json); flags override it")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     if distill:
-        _add_run_options(parser, DISTILL_OPTIONS, {"method": ({"choices": DISTILL_METHODS}, "mse")})
+        _add_run_options(parser, DISTILL_OPTIONS, {"method": ({"choices": (*DISTILL_METHODS, MSE_THEN_JOINT)}, "mse")})
         _add_term_options(parser)
     together = "one teacher pass" if distill else "one process, sharing the real batches"
     _add_run_options(parser, RUN_OPTIONS, {
@@ -190,8 +195,8 @@ def _run_parser(sub: argparse._SubParsersAction, name: str, text: str, distill: 
     return parser
 
 
-def config_from_args(args: argparse.Namespace, method: str | None) -> tuple[RunConfig, bool]:
-    """Build the run config: saved config (resume) or --config file, then flags on top."""
+def config_from_args(args: argparse.Namespace, method: str | None, defaults: dict[str, Any] | None = None) -> tuple[RunConfig, bool]:
+    """Build the run config: saved config (resume) or ``defaults``, the --config file over them, then flags on top."""
     names = {f.name for f in fields(RunConfig)}
     flags = {k: v for k, v in vars(args).items() if k in names and v is not None}
     terms = term_flags(args)
@@ -210,7 +215,7 @@ def config_from_args(args: argparse.Namespace, method: str | None) -> tuple[RunC
             data.update({k: flags[k] for k in ("steps", "device") if k in flags})
             data["out"] = flags["out"]  # the folder resumed, even where the saved config names another (a copied or moved run)
             return RunConfig.from_dict(data, str(saved_path)), True
-    base = read_options(args.config) if args.config else {}
+    base = {**(defaults or {}), **(read_options(args.config) if args.config else {})}
     if method is not None:
         base.setdefault("method", method)  # the command's own method, unless the file or a flag names one
     base.update(flags)
@@ -219,7 +224,7 @@ def config_from_args(args: argparse.Namespace, method: str | None) -> tuple[RunC
     return RunConfig.from_dict(base, str(args.config) if args.config else None), args.resume
 
 
-def configs_from_args(args: argparse.Namespace, method: str) -> tuple[list[RunConfig], bool]:
+def configs_from_args(args: argparse.Namespace, method: str, defaults: dict[str, Any] | None = None) -> tuple[list[RunConfig], bool]:
     """One run config per depth of ``--depth D[,D...]``; with several, each student's folder is OUT/d<depth>."""
     depths = args.depth or [None]
     if len(depths) > 1 and args.out is None:
@@ -229,7 +234,7 @@ def configs_from_args(args: argparse.Namespace, method: str) -> tuple[list[RunCo
         own = {"depth": depth, "out": f"{args.out}/d{depth}" if len(depths) > 1 else args.out}
         if getattr(args, "init", None):  # "{depth}" in --init stands for each student's own depth
             own["init"] = args.init.replace("{depth}", str(depth))
-        cfg, resume = config_from_args(argparse.Namespace(**{**vars(args), **own}), method)
+        cfg, resume = config_from_args(argparse.Namespace(**{**vars(args), **own}), method, defaults)
         if cfg.init and "{depth}" in cfg.init:  # the same, from a --config file
             cfg.init = cfg.init.replace("{depth}", str(cfg.depth))
         configs.append((cfg, resume))
@@ -250,11 +255,50 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     from gankd.training import train_many
 
+    if args.method == MSE_THEN_JOINT:
+        return distill_mse_then_joint(args)
     cfgs, resume = configs_from_args(args, "mse")
-    if any(cfg.method == "gan" for cfg in cfgs):
+    if any(cfg.method not in DISTILL_METHODS for cfg in cfgs):
         raise GankdError("gankd distill needs --method mse or joint")
     for run_dir in train_many(cfgs, resume=resume):
         print(f"done: {run_dir}/generator.safetensors, teacher vs student in {run_dir}/samples.png")
+    return 0
+
+
+def distill_mse_then_joint(args: argparse.Namespace) -> int:
+    """The two phases of ``--method mse-then-joint`` (config.RECIPE_PHASES), each skipped once finished
+    with the same options, so that the same command (with --resume after a stop) continues where it was."""
+    from gankd.checkpoint import finished, read_checkpoint
+    from gankd.experiments.jobs import differences
+    from gankd.training import train_many
+
+    if args.out is None:
+        raise GankdError(f"--method {MSE_THEN_JOINT} needs --out: the MSE students go to OUT/mse-phase, the joint students to OUT")
+    if args.init is not None:
+        raise GankdError(f"--method {MSE_THEN_JOINT} starts its joint phase from its own MSE students; --init is for --method joint")
+    several = bool(args.depth) and len(args.depth) > 1
+    phase1 = f"{args.out}/mse-phase"
+    joint_flags: dict[str, Any] = {"method": "joint", "init": f"{phase1}/d{{depth}}/generator.safetensors" if several else f"{phase1}/generator.safetensors"}
+    critic = Path(args.teacher).with_name("critic.safetensors") if args.teacher else None
+    if args.critic_init is None and critic is not None and critic.exists():
+        joint_flags["critic_init"] = str(critic)
+        if args.loss is None:  # the teacher's critic continues under its own loss
+            joint_flags["loss"] = read_checkpoint(critic)[1].get("loss", RECIPE_PHASES["joint"]["loss"])
+    elif args.critic_init is None:
+        print("note: no critic.safetensors beside the teacher: the joint phase trains a fresh critic", file=sys.stderr)
+    phases = [("mse", {"method": "mse", "out": phase1, **{name: None for name in CRITIC_OPTIONS}}), ("joint", joint_flags)]
+    for phase, flags in phases:
+        cfgs, resume = configs_from_args(argparse.Namespace(**{**vars(args), **flags}), phase, RECIPE_PHASES[phase])
+        for cfg in cfgs:
+            saved = Path(cfg.out) / "config.json"
+            differ = differences(RunConfig.load(saved), cfg) if saved.exists() else []
+            if differ:
+                raise GankdError(f"{cfg.out} holds a run with other options ({', '.join(differ)}); choose another --out")
+        if all(finished(Path(cfg.out) / "generator.safetensors", cfg.steps) for cfg in cfgs):
+            print(f"{phase} phase: finished already in {', '.join(cfg.out for cfg in cfgs)}")
+            continue
+        for run_dir in train_many(cfgs, resume=resume):
+            print(f"{phase} phase done: {run_dir}/generator.safetensors, teacher vs student in {run_dir}/samples.png")
     return 0
 
 

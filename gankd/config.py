@@ -43,6 +43,17 @@ DCGAN_CRITIC_DEPTH = {32: 32, 64: 16, 128: 8}
 # and critic reach IS 5.5 by step 1,500, critic loss ~0.7 (README, "Defaults that train").
 DCGAN_R1_GAMMA = {32: 0.0, 64: 0.0, 128: 1.0}
 
+# `gankd distill --method mse-then-joint`: the best recipe measured so far on Fashion-MNIST (README, "Towards
+# students worth shipping on clothing"): MSE students to their plateau, then a joint phase from them with the
+# teacher's own critic fine-tuned on real data, alpha 0.8 (the critic's share of the pull on the images), the
+# student's weight average and the FID monitor. Each phase's options; the command's flags override them.
+MSE_THEN_JOINT = "mse-then-joint"
+RECIPE_PHASES: dict[str, dict[str, Any]] = {
+    "mse": {"ema_kimg": 10.0, "steps": 25000, "patience": 4, "eval_every": 1000},
+    "joint": {"alpha": 0.8, "loss": "dcgan", "ema_kimg": 10.0, "monitor": "fid", "steps": 15000, "patience": 4, "eval_every": 1000},
+}
+CRITIC_OPTIONS = ("alpha", "balance", "loss", "gp_lambda", "r1_gamma", "critic_depth", "critic_init", "critic_steps")  # joint phase only
+
 # Limits: larger values are refused up front (one line, exit 2) instead of failing deep inside
 # torch or allocating without bound. models.Architecture checks the network's, checkpoints included.
 MAX_DEPTH = 512  # d; the paper's largest teacher is d=256; d=512 at 128x128 is 0.73 G parameters

@@ -162,3 +162,30 @@ def test_a_frozen_teacher_critic_judges_the_student_and_never_changes(tmp_path: 
     refused = run_gankd(*base, "--critic-steps", "0", "--out", str(tmp_path / "fresh"), check=False)
     assert refused.returncode == 2 and "0 freezes a critic started by --critic-init" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_mse_then_joint_trains_mse_students_then_joint_ones_from_them_with_the_teachers_critic_and_resumes_by_phase(
+        tmp_path: Path, mnist_teacher: Path) -> None:
+    out = tmp_path / "kd"
+    command = ["distill", "--teacher", str(mnist_teacher), "--method", "mse-then-joint", "--depth", "2,4", "--steps", "4",
+               "--log-every", "2", "--checkpoint-every", "2", "--sample-every", "4", "--eval-every", "2", "--monitor", "fidelity",
+               "--out", str(out)]
+    first = run_gankd(*command)
+    for depth in (2, 4):
+        mse = RunConfig.load(out / "mse-phase" / f"d{depth}" / "config.json")
+        joint = RunConfig.load(out / f"d{depth}" / "config.json")
+        assert (mse.method, mse.ema_kimg, mse.patience, mse.alpha, mse.critic_init) == ("mse", 10.0, 4, 0.0, None)
+        assert (joint.method, joint.alpha, joint.loss, joint.ema_kimg) == ("joint", 0.8, "dcgan", 10.0)
+        assert joint.critic_init == str(mnist_teacher.parent / "critic.safetensors")
+        assert joint.init == str(out / "mse-phase" / f"d{depth}" / "generator.safetensors")
+        rows = list(csv.DictReader(open(out / f"d{depth}" / "metrics.csv")))
+        assert rows and all(float(r["g_adv"]) > 0 for r in rows)  # the critic took part in the joint phase
+    assert "mse phase done" in first.stdout and "joint phase done" in first.stdout
+    # the same command again: both phases are finished with the same options, nothing is trained
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("generator.safetensors")}
+    again = run_gankd(*command)
+    assert again.stdout.count("finished already") == 2 and {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # another option in the same folder is refused in one line instead of reusing the MSE students
+    other = run_gankd(*command, "--ema-kimg", "5", check=False)
+    assert other.returncode != 0 and "holds a run with other options (ema_kimg" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1, other.stderr
