@@ -268,8 +268,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def distill_mse_then_joint(args: argparse.Namespace) -> int:
     """The two phases of ``--method mse-then-joint`` (config.RECIPE_PHASES), each skipped once finished
     with the same options, so that the same command (with --resume after a stop) continues where it was."""
-    from gankd.checkpoint import finished, read_checkpoint
-    from gankd.experiments.jobs import differences
+    from gankd.checkpoint import read_checkpoint
+    from gankd.experiments.jobs import Model, model_finished
     from gankd.training import train_many
 
     if args.out is None:
@@ -289,12 +289,8 @@ def distill_mse_then_joint(args: argparse.Namespace) -> int:
     phases = [("mse", {"method": "mse", "out": phase1, **{name: None for name in CRITIC_OPTIONS}}), ("joint", joint_flags)]
     for phase, flags in phases:
         cfgs, resume = configs_from_args(argparse.Namespace(**{**vars(args), **flags}), phase, RECIPE_PHASES[phase])
-        for cfg in cfgs:
-            saved = Path(cfg.out) / "config.json"
-            differ = differences(RunConfig.load(saved), cfg) if saved.exists() else []
-            if differ:
-                raise GankdError(f"{cfg.out} holds a run with other options ({', '.join(differ)}); choose another --out")
-        if all(finished(Path(cfg.out) / "generator.safetensors", cfg.steps) for cfg in cfgs):
+        done = [model_finished(Model(phase, cfg.depth, cfg.seed, Path(cfg.out) / "generator.safetensors"), cfg) for cfg in cfgs]
+        if all(done):
             print(f"{phase} phase: finished already in {', '.join(cfg.out for cfg in cfgs)}")
             continue
         for run_dir in train_many(cfgs, resume=resume):
