@@ -10,5 +10,8 @@ cd /work/main
 (cd carry-over/state && find . -name last.safetensors -exec cp --parents {} ../.. \;)
 nohup setsid .venv/bin/gankd sweep configs/fashion-mnist-kd.json --out results/fashion-mnist-kd --threads 1 --jobs 2 >> carry-over/sweep.out 2>&1 &
 sleep 2; pgrep -f "gankd sweep configs/fashion-mnist-kd.json" > /tmp/sweep.pid  # setsid forks: $! is not the sweep
+# score the finished models beside the training (N = 5,000, ~10 min each on one core, cached in each run's eval.json)
+OMP_NUM_THREADS=1 nohup setsid .venv/bin/gankd sweep configs/fashion-mnist-kd.json --out results/fashion-mnist-kd --report-only >> carry-over/report.out 2>&1 &
+sleep 2; pgrep -f "fashion-mnist-kd --report-only" > /tmp/report.pid
 nohup setsid bash carry-over/keep.sh > /dev/null 2>&1 & echo $! > /tmp/keep.pid
-echo "sweep $(cat /tmp/sweep.pid), mirror $(cat /tmp/keep.pid)"
+echo "sweep $(cat /tmp/sweep.pid), scoring $(cat /tmp/report.pid), mirror $(cat /tmp/keep.pid)"

@@ -189,3 +189,14 @@ def test_mse_then_joint_trains_mse_students_then_joint_ones_from_them_with_the_t
     other = run_gankd(*command, "--ema-kimg", "5", check=False)
     assert other.returncode != 0 and "holds a run with other options (ema_kimg" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1, other.stderr
+
+
+def test_mse_then_joint_without_a_critic_beside_the_teacher_trains_a_fresh_one_and_says_so(tmp_path: Path, mnist_teacher: Path) -> None:
+    alone = tmp_path / "teacher" / "generator.safetensors"
+    alone.parent.mkdir()
+    alone.write_bytes(mnist_teacher.read_bytes())
+    result = run_gankd("distill", "--teacher", str(alone), "--method", "mse-then-joint", "--depth", "2", "--steps", "2",
+                       "--log-every", "1", "--eval-every", "1", "--monitor", "fidelity", "--out", str(tmp_path / "kd"))
+    assert "no critic.safetensors beside the teacher: the joint phase trains a fresh critic" in result.stderr
+    joint = RunConfig.load(tmp_path / "kd" / "config.json")
+    assert (joint.method, joint.critic_init, joint.init) == ("joint", None, str(tmp_path / "kd" / "mse-phase" / "generator.safetensors"))
