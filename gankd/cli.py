@@ -132,10 +132,11 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("channels_last", {"action": "store_const", "const": True}, "channels-last memory format on CUDA (always used on the CPU)"),
     ("compile", {"action": "store_const", "const": True}, "torch.compile the networks"),
 ]
+DISTILL_CHOICES = (*DISTILL_METHODS, MSE_THEN_JOINT)  # gankd distill --method: one run, or the two-phase recipe
 DISTILL_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("teacher", {}, "teacher: a gankd checkpoint, or your own generator as an ONNX file (recommended: loading runs no "
                     "code) or a TorchScript file (code you trust), mapping (N, latent) to (N, C, S, S) images in [-1, 1]"),
-    ("method", {"choices": (*DISTILL_METHODS, MSE_THEN_JOINT)}, "mse: the distillation terms alone (pixel MSE by default), no data; joint: "
+    ("method", {"choices": DISTILL_CHOICES}, "mse: the distillation terms alone (pixel MSE by default), no data; joint: "
                                              "those plus an adversarial term from a critic trained on real data (its options: alpha, balance); "
                                              f"{MSE_THEN_JOINT}: the best recipe measured (README): MSE students to their plateau in "
                                              "OUT/mse-phase, then joint students from them in OUT with the teacher's critic (critic.safetensors "
@@ -185,7 +186,7 @@ def _run_parser(sub: argparse._SubParsersAction, name: str, text: str, distill: 
     parser.add_argument("--config", type=Path, help="JSON file of run options (keys as in config.json); flags override it")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     if distill:
-        _add_run_options(parser, DISTILL_OPTIONS, {"method": ({"choices": (*DISTILL_METHODS, MSE_THEN_JOINT)}, "mse")})
+        _add_run_options(parser, DISTILL_OPTIONS, {"method": ({"choices": DISTILL_CHOICES}, "mse")})
         _add_term_options(parser)
     together = "one teacher pass" if distill else "one process, sharing the real batches"
     _add_run_options(parser, RUN_OPTIONS, {

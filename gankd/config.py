@@ -52,7 +52,8 @@ RECIPE_PHASES: dict[str, dict[str, Any]] = {
     "mse": {"ema_kimg": 10.0, "steps": 25000, "patience": 4, "eval_every": 1000},
     "joint": {"alpha": 0.8, "loss": "dcgan", "ema_kimg": 10.0, "monitor": "fid", "steps": 15000, "patience": 4, "eval_every": 1000},
 }
-CRITIC_OPTIONS = ("alpha", "balance", "loss", "gp_lambda", "r1_gamma", "critic_depth", "critic_init", "critic_steps")  # joint phase only
+# The options of a joint student's critic: what the recipe's MSE phase and a sweep's MSE-continued control leave out.
+CRITIC_OPTIONS = ("alpha", "balance", "loss", "gp_lambda", "r1_gamma", "critic_depth", "critic_init", "critic_steps")
 
 # Limits: larger values are refused up front (one line, exit 2) instead of failing deep inside
 # torch or allocating without bound. models.Architecture checks the network's, checkpoints included.

@@ -38,7 +38,7 @@ from typing import Any
 
 from gankd.checkpoint import load_generator
 from gankd.errors import GankdError
-from gankd.config import DISTILL_METHODS
+from gankd.config import CRITIC_OPTIONS, DISTILL_METHODS
 from gankd.experiments.jobs import (EVALUATION_DEFAULTS, HEARTBEAT_S, STUDENT_METHODS, Children, Job, Model, SweepResult, evaluate_floor,
                                     evaluate_model, is_student, latest_progress, student_methods, make_job, read_experiment_config, refresh, run_job)
 from gankd.experiments.report import write_report
@@ -49,7 +49,6 @@ from gankd.runtime import resolve_device, stop_requests
 
 METHODS = (*STUDENT_METHODS, "regular")
 VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9+._-]*")  # a named student variant: also its folder under runs/
-CRITIC_KEYS = {"alpha", "loss", "critic_depth", "critic_steps", "gp_lambda", "balance"}  # what mse-continued drops from joint's settings
 SPEC_KEYS = {"name", "description", "data", "common", "seeds", "teacher", "depths", "methods", "evaluation", "keep"}
 EVALUATION_KEYS = set(EVALUATION_DEFAULTS) | {"primary"}
 
@@ -139,7 +138,7 @@ class Plan:
                 joint = self.spec["methods"].get("joint", {})
                 if joint.get("init") != "mse":
                     raise GankdError(f"{self.source}: \"mse-continued\" is the control of joint students warm-started from MSE (\"init\": \"mse\")")
-                own = {**{k: v for k, v in joint.items() if k not in CRITIC_KEYS}, **own}
+                own = {**{k: v for k, v in joint.items() if k not in CRITIC_OPTIONS}, **own}  # the control has no critic
             runs = own.get("method", method)  # a named variant says which distillation it runs
             options = {**self.base, **own, "method": "mse" if runs == "mse-continued" else runs,
                        "teacher": str(self.teacher.models[0].checkpoint)}
